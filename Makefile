@@ -1,0 +1,35 @@
+# digits: the commands the README shows. Each target is idempotent.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench bench-train fixture clean
+
+setup: $(STAMP)
+
+# Reinstall only when the package description changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/digits data
+	$(VENV)/bin/digits train all
+
+test: setup
+	$(PY) -m pytest -q
+
+# pytest-benchmark suite (also run once, untimed, by `make test`).
+bench: setup
+	$(PY) -m pytest -q -m benchmark --benchmark-enable --benchmark-json=results/pytest-benchmark.json
+
+# Accuracy targets: default recipe over 3 seeds -> results/train-<date>.json
+bench-train: setup
+	$(PY) scripts/bench_train.py --seeds 0 1 2 --out results
+
+fixture: setup
+	$(PY) scripts/make_fixture.py
+
+clean:
+	rm -rf artifacts .pytest_cache

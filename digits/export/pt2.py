@@ -1,0 +1,47 @@
+"""torch.export (``model.pt2``): an ExportedProgram with a dynamic batch dimension.
+
+The successor to TorchScript. Saved with ``torch.export.save``, reloaded with
+``torch.export.load(...).module()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from digits._io import atomic_path
+from digits.errors import DigitsError
+from digits.export._registry import Runner, example_input, register_format
+from digits.export.torchscript import _first_line
+
+
+def export_program(model: nn.Module) -> torch.export.ExportedProgram:
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    return torch.export.export(model.eval(), (example_input(),), dynamic_shapes=({0: batch},))
+
+
+@register_format
+class Pt2:
+    name = "pt2"
+    filename = "model.pt2"
+    legacy = False
+
+    def export(self, model: nn.Module, path: Path, **_) -> dict:
+        program = export_program(model)
+        with atomic_path(path) as tmp:
+            torch.export.save(program, str(tmp))
+        return {"dynamic_batch": True}
+
+    def load(self, path: Path, device: str = "cpu") -> Runner:
+        try:
+            module = torch.export.load(str(path)).module().to(device)
+        except Exception as e:  # noqa: BLE001
+            raise DigitsError(f"{path} is not a loadable torch.export (.pt2) file ({_first_line(e)}). "
+                              "Re-create it with `digits export --format pt2`.") from None
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return module(x)
+        return run

@@ -1,0 +1,60 @@
+"""Shared fixtures: the committed real-MNIST fixture (1,000 train + 1,000 test images)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURE_ROOT = Path(__file__).parent / "data"  # holds MNIST/raw/*.gz + digits-manifest.json
+
+
+@pytest.fixture(scope="session")
+def fixture_root() -> Path:
+    return FIXTURE_ROOT
+
+
+@pytest.fixture
+def fixture_copy(tmp_path) -> Path:
+    """A writable copy of the fixture root, for tests that damage files."""
+    dest = tmp_path / "root"
+    shutil.copytree(FIXTURE_ROOT / "MNIST", dest / "MNIST")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def splits():
+    from digits.data import load_splits
+
+    return load_splits(FIXTURE_ROOT, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, splits) -> Path:
+    """Every registered model trained briefly on the fixture: an artifacts/ folder."""
+    from digits.models import list_models
+    from digits.train import resolve_config, train
+
+    out = tmp_path_factory.mktemp("artifacts")
+    for name in list_models():
+        train(resolve_config(name, "fast", epochs=2, batch_size=64, augment=False, threads=2), splits, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_set():
+    from digits.data import load_test
+
+    return load_test(FIXTURE_ROOT)
+
+
+@pytest.fixture(scope="session")
+def exported(trained, test_set) -> dict:
+    """(model, format) -> export record, for every model x format, exported once per session."""
+    from digits.export import export_model, list_formats
+    from digits.models import list_models
+
+    x, y = test_set
+    return {(m, f): export_model(m, f, x, y, checkpoint=trained, out=trained)
+            for m in list_models() for f in list_formats()}

@@ -1,0 +1,132 @@
+"""Export: every model x format reloads from disk and computes what eager PyTorch computes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+import torch
+
+from digits.checkpoint import load_checkpoint
+from digits.errors import DigitsError, UsageError
+from digits.export import EXPORTS, export_model, list_formats, load_artifact, verify_path
+from digits.export.onnx import check_opset
+from digits.export.parity import check_parity
+from digits.models import list_models
+
+CASES = [(m, f) for m in list_models() for f in list_formats()]
+
+
+@pytest.mark.parametrize("model, fmt", CASES)
+def test_artifact_matches_eager_on_fixture_test_set(exported, model, fmt):
+    r = exported[(model, fmt)]
+    assert r["passed"], r
+    assert r["max_abs_diff"] <= 1e-4 and r["argmax_agreement"] == 1.0
+    assert r["accuracy"] == r["eager_accuracy"] and r["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("model, fmt", CASES)
+@pytest.mark.parametrize("batch", [1, 7, 64, 1000])
+def test_dynamic_batch(exported, trained, test_set, model, fmt, batch):
+    run = load_artifact(exported[(model, fmt)]["path"])
+    eager, _ = load_checkpoint(trained / model)
+    x = test_set[0][:batch]
+    with torch.inference_mode():
+        assert torch.allclose(run(x), eager(x), atol=1e-4)
+
+
+def test_json_records_have_the_documented_keys(exported):
+    for r in exported.values():
+        for key in ("model", "format", "path", "sha256", "bytes", "max_abs_diff", "argmax_agreement", "accuracy", "passed"):
+            assert key in r
+
+
+def test_onnx_file_has_names_metadata_and_dynamic_batch(exported):
+    m = onnx.load(exported[("lenet5", "onnx")]["path"])
+    assert [i.name for i in m.graph.input] == ["input"] and [o.name for o in m.graph.output] == ["logits"]
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic, not a fixed 2
+    props = {p.key: p.value for p in m.metadata_props}
+    assert props["digits.model"] == "lenet5" and "0.1307" in props["digits.normalization"]
+    assert any(o.domain in ("", "ai.onnx") and o.version == 20 for o in m.opset_import)
+
+
+def test_manifest_records_each_format(exported, trained):
+    manifest = json.loads((trained / "cnn" / EXPORTS).read_text())
+    assert set(manifest["formats"]) == set(list_formats())
+    assert manifest["formats"]["torchscript"]["legacy"] is True
+    assert manifest["formats"]["onnx"]["opset"] == 20
+
+
+def test_tampered_artifact_is_refused(exported, tmp_path):
+    src = exported[("mlp", "onnx")]["path"]
+    folder = tmp_path / "mlp"
+    shutil.copytree(src.rsplit("/", 1)[0], folder)
+    path = folder / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DigitsError, match="does not match its export manifest") as e:
+        load_artifact(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 28, 28), torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 28, 28, dtype=torch.float64)])
+def test_wrong_input_to_onnx_names_the_contract(exported, bad):
+    run = load_artifact(exported[("lenet5", "onnx")]["path"])
+    with pytest.raises(DigitsError, match=r"\[N,1,28,28\]") as e:
+        run(bad)
+    assert "float32" in str(e.value)
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "model.onnx"), ("torchscript", "model.ts.pt"), ("pt2", "model.pt2")])
+@pytest.mark.parametrize("garbage", [b"", b"not a model at all" * 10])
+def test_garbage_artifact_is_a_clear_error(tmp_path, fmt, name, garbage):
+    from digits.export._registry import get_format
+
+    path = tmp_path / name
+    path.write_bytes(garbage)
+    with pytest.raises(DigitsError, match="not a loadable"):
+        get_format(fmt).load(path)
+
+
+def test_truncated_artifact_is_a_clear_error(exported, tmp_path):
+    for fmt in list_formats():
+        src = exported[("lenet5", fmt)]["path"]
+        path = tmp_path / src.rsplit("/", 1)[1]
+        path.write_bytes(open(src, "rb").read()[:2000])
+        from digits.export._registry import get_format
+        with pytest.raises(DigitsError, match="not a loadable"):
+            get_format(fmt).load(path)
+
+
+@pytest.mark.parametrize("opset", [7, 17, 99])
+def test_unsupported_opset_names_the_range(opset):
+    with pytest.raises(UsageError, match="supports opsets 18 to"):
+        check_opset(opset)
+
+
+def test_missing_checkpoint_says_to_train(tmp_path, test_set):
+    with pytest.raises(DigitsError, match="digits train cnn"):
+        export_model("cnn", "onnx", *test_set, checkpoint=tmp_path, out=tmp_path)
+
+
+def test_verify_rechecks_a_whole_folder(exported, trained, test_set):
+    records = verify_path(trained, *test_set)
+    assert len(records) == len(CASES) and all(r["passed"] for r in records)
+
+
+def test_parity_detects_a_different_model(trained, test_set):
+    eager, _ = load_checkpoint(trained / "lenet5")
+    other, _ = load_checkpoint(trained / "mlp")
+    p = check_parity(lambda x: other(x), eager, *test_set)
+    assert not p.passed and p.max_abs_diff > 1e-4 and p.argmax_agreement < 1.0
+
+
+@pytest.mark.parametrize("opset", [18, 24])
+def test_requested_opset_is_the_one_produced(trained, test_set, tmp_path, opset):
+    r = export_model("lenet5", "onnx", *test_set, checkpoint=trained, out=tmp_path, opset=opset)
+    m = onnx.load(r["path"])
+    assert r["passed"] and r["opset"] == opset
+    assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [opset]

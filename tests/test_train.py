@@ -1,0 +1,107 @@
+"""Training on the real-MNIST fixture: learning, determinism, resume, checkpoint integrity."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+from digits._io import sha256_file
+from digits.checkpoint import RESUME, load_checkpoint
+from digits.errors import DigitsError, UsageError
+from digits.models import list_models
+from digits.train import TrainingInterrupted, resolve_config, train
+
+# 900 training images, 4 epochs: enough to clear chance (10%) by a wide margin in ~1-2 s.
+QUICK = dict(epochs=4, batch_size=64, augment=False, threads=2)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_short_run_clearly_beats_chance(name, splits, tmp_path):
+    result = train(resolve_config(name, "fast", lr=3e-3, **QUICK), splits, tmp_path)
+    # Chance is 10%; 60% on 1,000 unseen test images cannot happen without learning.
+    assert result.test_accuracy >= 0.60, result
+    assert 0 < result.val_accuracy <= 1 and len(result.history) == 4
+    model, manifest = load_checkpoint(tmp_path / name)
+    assert manifest["test_accuracy"] == result.test_accuracy and manifest["params"] == result.params
+
+
+def test_same_seed_gives_identical_weights(splits, tmp_path):
+    cfg = resolve_config("lenet5", "fast", seed=3, **QUICK)
+    a = train(cfg, splits, tmp_path / "a")
+    b = train(cfg, splits, tmp_path / "b")
+    assert a.test_accuracy == b.test_accuracy
+    assert sha256_file(tmp_path / "a/lenet5/model.safetensors") == sha256_file(tmp_path / "b/lenet5/model.safetensors")
+
+
+def test_different_seed_gives_different_weights(splits, tmp_path):
+    train(resolve_config("lenet5", "fast", seed=0, **QUICK), splits, tmp_path / "a")
+    train(resolve_config("lenet5", "fast", seed=1, **QUICK), splits, tmp_path / "b")
+    assert sha256_file(tmp_path / "a/lenet5/model.safetensors") != sha256_file(tmp_path / "b/lenet5/model.safetensors")
+
+
+def test_sigint_saves_state_and_resume_reaches_the_same_weights(splits, tmp_path):
+    cfg = resolve_config("cnn", "fast", augment=True, epochs=3, batch_size=64, threads=2)  # dropout + augmentation
+    train(cfg, splits, tmp_path / "whole")
+
+    def interrupt(p):
+        if p.epoch == 2 and p.step == 5:  # mid-epoch, mid-schedule
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(cfg, splits, tmp_path / "split", on_progress=interrupt)
+    assert (tmp_path / "split/cnn" / RESUME).is_file()
+    assert not (tmp_path / "split/cnn/model.safetensors").exists()
+    result = train(cfg, splits, tmp_path / "split", resume=True)
+    assert sha256_file(tmp_path / "split/cnn/model.safetensors") == sha256_file(tmp_path / "whole/cnn/model.safetensors")
+    assert not (tmp_path / "split/cnn" / RESUME).exists() and len(result.history) == 3
+
+
+def test_resume_with_other_settings_is_refused(splits, tmp_path):
+    cfg = resolve_config("mlp", "fast", **QUICK)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, splits, tmp_path, on_progress=lambda p: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(UsageError, match="lr"):
+        train(resolve_config("mlp", "fast", **{**QUICK, "lr": 0.5}), splits, tmp_path, resume=True)
+
+
+def test_resume_without_state_says_so(splits, tmp_path):
+    with pytest.raises(DigitsError, match="Nothing to resume"):
+        train(resolve_config("mlp", "fast", **QUICK), splits, tmp_path, resume=True)
+
+
+def test_tampered_checkpoint_is_refused(splits, tmp_path):
+    train(resolve_config("mlp", "fast", **QUICK), splits, tmp_path)
+    weights = tmp_path / "mlp/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DigitsError, match="does not match its manifest") as e:
+        load_checkpoint(tmp_path / "mlp")
+    assert str(weights) in str(e.value)
+
+
+def test_missing_checkpoint_says_to_train(tmp_path):
+    with pytest.raises(DigitsError, match="digits train lenet5"):
+        load_checkpoint(tmp_path / "lenet5", "lenet5")
+
+
+def test_recipes_and_overrides():
+    fast = resolve_config("lenet5", "fast")
+    assert fast.epochs < resolve_config("lenet5", "default").epochs
+    assert resolve_config("lenet5", "fast", epochs=7, lr=None).epochs == 7
+    with pytest.raises(UsageError, match="batch-size"):
+        resolve_config("lenet5", batch_size=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal when CUDA is absent")
+def test_cuda_request_without_cuda_is_an_error(splits, tmp_path):
+    with pytest.raises(DigitsError, match="CUDA is not available"):
+        train(resolve_config("mlp", "fast", device="cuda", **{k: v for k, v in QUICK.items()}), splits, tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_learns(splits, tmp_path):
+    result = train(resolve_config("lenet5", "fast", device="cuda", lr=3e-3, **QUICK), splits, tmp_path)
+    assert result.test_accuracy >= 0.60
