@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -85,6 +86,18 @@ def _guard(fn):
     return wrapper
 
 
+def _table(title: str, *columns: str) -> Table:
+    """A compact table; a column named '>x' is right-aligned (numbers)."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False, collapse_padding=True)
+    for c in columns:
+        t.add_column(c.lstrip(">"), justify="right" if c.startswith(">") else "left", no_wrap=c != "description")
+    return t
+
+
+def _log(message: str) -> None:
+    err.print(message, markup=False, highlight=False)
+
+
 def _emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
@@ -112,12 +125,10 @@ def data(
     """Fetch MNIST (or verify what is already there) into DATA_DIR/MNIST/raw."""
     from digits.sources import fetch_mnist
 
-    report = fetch_mnist(_root(data_dir), source.value, log=lambda m: err.print(m, highlight=False))
+    report = fetch_mnist(_root(data_dir), source.value, log=_log)
     if as_json:
         return _emit_json(vars(report))
-    t = Table(title=f"MNIST in {report.root} (source: {report.source})")
-    for col in ("file", "bytes", "sha256"):
-        t.add_column(col, justify="right" if col == "bytes" else "left")
+    t = _table(f"MNIST in {report.root} (source: {report.source})", "file", ">bytes", "sha256")
     for name, f in report.files.items():
         t.add_row(name, f"{f['bytes']:,}", f["sha256"][:16] + "...")
     out.print(t)
@@ -131,9 +142,7 @@ def models(as_json: JsonFlag = False):
     infos = [model_info(n).to_dict() for n in list_models()]
     if as_json:
         return _emit_json(infos)
-    t = Table(title="digits models")
-    for col in ("name", "description", "params", "MACs/image", "input", "normalization"):
-        t.add_column(col, justify="right" if col in ("params", "MACs/image") else "left")
+    t = _table("digits models", "name", "description", ">params", ">MACs/image", "input", "normalization")
     for i in infos:
         t.add_row(i["name"], i["description"], f"{i['params']:,}", f"{i['macs']:,}",
                   "x".join(map(str, i["input_shape"])), f"({i['mean']}, {i['std']})")
@@ -168,7 +177,7 @@ def train(
     cfgs = [resolve_config(n, recipe.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                            augment=augment, device=device.value, threads=threads) for n in names]
     root = _root(data_dir)
-    ensure_mnist(root, log=lambda m: err.print(m, highlight=False))
+    ensure_mnist(root, log=_log)
     splits = load_splits(root, seed=seed)
     results = []
     with _train_progress() as progress:
@@ -179,13 +188,12 @@ def train(
     dicts = [{k: v for k, v in r.to_dict().items() if k != "history"} for r in results]
     if as_json:
         return _emit_json(dicts if model.value == "all" else dicts[0])
-    t = Table(title="Training summary")
-    for col in ("model", "epochs", "params", "val acc", "test acc", "best epoch", "train s", "checkpoint"):
-        t.add_column(col, justify="left" if col in ("model", "checkpoint") else "right")
+    t = _table("Training summary", "model", ">epochs", ">params", ">val acc", ">test acc", ">best epoch", ">train s")
     for r in results:
         t.add_row(r.model, str(r.epochs), f"{r.params:,}", f"{r.val_accuracy:.2%}", f"{r.test_accuracy:.2%}",
-                  str(r.best_epoch), f"{r.train_seconds:.1f}", r.checkpoint)
+                  str(r.best_epoch), f"{r.train_seconds:.1f}")
     out.print(t)
+    out.print(f"Checkpoints: {out_dir}/<model>/model.safetensors + manifest.json", highlight=False)
 
 
 # --------------------------------------------------------------------------- export / verify
@@ -211,7 +219,7 @@ def export(
 
     formats = list_formats() if fmt.value == "all" else [fmt.value]
     root = _root(data_dir)
-    ensure_mnist(root, log=lambda m: err.print(m, highlight=False))
+    ensure_mnist(root, log=_log)
     x, y = load_test(root)
     records = []
     with err.status("exporting") as status:
@@ -236,22 +244,27 @@ def verify(
     from digits.sources import ensure_mnist
 
     root = _root(data_dir)
-    ensure_mnist(root, log=lambda m: err.print(m, highlight=False))
+    ensure_mnist(root, log=_log)
     x, y = load_test(root)
     _finish_parity(verify_path(target, x, y, checkpoint=checkpoint), as_json, "Verification")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def _finish_parity(records: list[dict], as_json: bool, title: str) -> None:
     if as_json:
         _emit_json(records)
     else:
-        t = Table(title=f"{title} (parity vs eager PyTorch on the test set)")
-        for col in ("model", "format", "size", "sha256", "max |diff|", "agreement", "accuracy", "result"):
-            t.add_column(col, justify="left" if col in ("model", "format", "sha256", "result") else "right")
+        t = _table(f"{title}: parity with eager PyTorch on {records[0]['images']:,} test images",
+                   "model", "format", ">size", "sha256", ">max|diff|", ">agree", ">accuracy", "result")
         for r in records:
-            t.add_row(r["model"], r["format"] + (" (legacy)" if r.get("legacy") else ""), f"{r['bytes'] / 1024:,.1f} KiB",
-                      r["sha256"][:12], f"{r['max_abs_diff']:.2e}", f"{r['argmax_agreement']:.4%}",
-                      f"{r['accuracy']:.2%}", "[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]")
+            t.add_row(r["model"], r["format"] + ("*" if r.get("legacy") else ""), _size(r["bytes"]), r["sha256"][:8],
+                      f"{r['max_abs_diff']:.1e}", f"{r['argmax_agreement']:.2%}", f"{r['accuracy']:.2%}",
+                      "[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]")
+        if any(r.get("legacy") for r in records):
+            t.caption = "* legacy format (TorchScript is deprecated; torch.export/.pt2 is its successor)"
         out.print(t)
     failed = [f"{r['model']}/{r['format']}" for r in records if not r["passed"]]
     if failed:
