@@ -249,6 +249,71 @@ def verify(
     _finish_parity(verify_path(target, x, y, checkpoint=checkpoint), as_json, "Verification")
 
 
+# --------------------------------------------------------------------------- bench
+def _csv(value: str, what: str, convert=str) -> list:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        parsed = [convert(v) for v in items]
+    except ValueError:
+        raise DigitsError(f"--{what} takes a comma-separated list, e.g. 1,8,32; got {value!r}.", exit_code=2) from None
+    if not parsed:
+        raise DigitsError(f"--{what} is empty.", exit_code=2)
+    return parsed
+
+
+@app.command()
+@_guard
+def bench(
+    models_: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = ",".join(list_models()),
+    backends: Annotated[str | None, typer.Option(help="Comma-separated backends (default: eager,torchscript,onnxruntime,pt2; also: compile).", show_default=False)] = None,
+    device: Annotated[Device, typer.Option(help="cpu or cuda (auto picks cuda when available).")] = Device.cpu,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,128,256",
+    threads: Annotated[int | None, typer.Option(help="Threads for torch and onnxruntime (default: all cores).", show_default=False)] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up calls per cell, after the first call.")] = 10,
+    min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell.")] = 0.3,
+    checkpoint: CheckpointDir = Path("artifacts"),
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench-<device>-<date>.{json,csv,md,png}.")] = Path("results"),
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+):
+    """Measure accuracy, latency and throughput for models x backends x batch sizes."""
+    from digits.bench.backends import create_backend, list_backends
+    from digits.bench.report import table, write_report
+    from digits.bench.runner import BenchConfig, run_bench
+    from digits.data import load_test
+    from digits.sources import ensure_mnist
+    from digits.train import resolve_device
+
+    cfg = BenchConfig(models=_csv(models_, "models"), batch_sizes=_csv(batch_sizes, "batch-sizes", int),
+                      backends=_csv(backends, "backends") if backends else [b for b in list_backends() if create_backend(b).default],
+                      device=resolve_device(device.value).type, threads=threads, warmup=warmup, min_time=min_time,
+                      checkpoint=str(checkpoint), artifacts=str(artifacts))
+    cfg.validate()
+    root = _root(data_dir)
+    ensure_mnist(root, log=_log)
+    x, y = load_test(root)
+    total = len(cfg.models) * len(cfg.backends) * len(cfg.batch_sizes)
+    with err.status(f"benchmarking {total} cells") as status:
+        done = []
+
+        def progress(r):
+            done.append(r)
+            status.update(f"[{len(done)}/{total}] {r.model} {r.backend} batch {r.batch_size}")
+        report = run_bench(cfg, x, y, on_record=progress)
+    paths = write_report(report, out_dir)
+    if as_json:
+        _emit_json(report)
+    else:
+        out.print(table(report))
+        out.print("Wrote " + ", ".join(str(p) for p in paths), highlight=False)
+    errors = [r for r in report["records"] if r["error"]]
+    if errors and len(errors) == len(report["records"]):
+        raise DigitsError(f"Every cell failed; the first error: {errors[0]['error']}")
+    for e in errors[:3]:
+        _log(f"{e['model']}/{e['backend']}/batch {e['batch_size']} failed: {e['error']}")
+
+
 def _size(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 

@@ -18,7 +18,7 @@ import torch
 from digits._io import atomic_write_json, sha256_file
 from digits.checkpoint import checkpoint_dir, load_checkpoint, now_iso, versions
 from digits.errors import DigitsError
-from digits.export import onnx, pt2, torchscript  # noqa: F401  (importing registers the formats)
+from digits.export import onnx as _onnx_format, pt2, torchscript  # noqa: F401  (importing registers them)
 from digits.export._registry import Runner, format_for_path, get_format, list_formats
 from digits.export.onnx import DEFAULT_OPSET
 from digits.export.parity import Parity, check_parity
@@ -85,6 +85,12 @@ def _entry_for(path: Path) -> dict:
 
 def load_artifact(path: str | os.PathLike, device: str = "cpu") -> Runner:
     """Reload an artifact after checking its sha256 against the export manifest."""
+    path = checked_path(path)
+    return format_for_path(path).load(path, device)
+
+
+def checked_path(path: str | os.PathLike) -> Path:
+    """``path`` once its sha256 matches the export manifest; raises otherwise."""
     path = Path(path)
     fmt = format_for_path(path)
     if not path.is_file():
@@ -94,7 +100,7 @@ def load_artifact(path: str | os.PathLike, device: str = "cpu") -> Runner:
         raise DigitsError(f"{path} does not match its export manifest (sha256 {digest[:16]}..., expected "
                           f"{entry['sha256'][:16]}...). It was modified or corrupted; refusing to load it. "
                           f"Re-create it with `digits export --format {fmt.name}`.")
-    return fmt.load(path, device)
+    return path
 
 
 def verify_path(target: str | os.PathLike, x: torch.Tensor, y: torch.Tensor, *,

@@ -1,8 +1,10 @@
 """The export-format registry: one class per format, with ``export`` and ``load``.
 
 ``export(model, path, opset=...)`` writes the artifact (atomically) and returns extra
-manifest fields; ``load(path, device)`` returns a callable ``tensor -> logits`` reloaded
-from the file alone, in a fresh runtime, never from the in-memory object.
+manifest fields; ``open(path, device)`` reloads it from the file alone, in a fresh
+runtime (a ScriptModule, an ExportedProgram module, an InferenceSession), never from the
+in-memory object; ``load`` wraps that in a callable ``tensor -> logits`` that checks
+the input contract.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ class Format(Protocol):
 
     def export(self, model: nn.Module, path: Path, **opts) -> dict: ...
 
-    def load(self, path: Path, device: str = "cpu") -> Runner: ...
+    def open(self, path: Path, device: str = "cpu"): ...  # the raw runtime object
+
+    def load(self, path: Path, device: str = "cpu") -> Runner: ...  # open() behind a checked call
 
 
 _FORMATS: dict[str, Format] = {}

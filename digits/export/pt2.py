@@ -14,7 +14,7 @@ from torch import nn
 from digits._io import atomic_path
 from digits.errors import DigitsError
 from digits.export._registry import Runner, example_input, register_format
-from digits.export.torchscript import _first_line
+from digits.export.torchscript import _first_line, torch_runner
 
 
 def export_program(model: nn.Module) -> torch.export.ExportedProgram:
@@ -34,14 +34,12 @@ class Pt2:
             torch.export.save(program, str(tmp))
         return {"dynamic_batch": True}
 
-    def load(self, path: Path, device: str = "cpu") -> Runner:
+    def open(self, path: Path, device: str = "cpu") -> nn.Module:
         try:
-            module = torch.export.load(str(path)).module().to(device)
+            return torch.export.load(str(path)).module().to(device)
         except Exception as e:  # noqa: BLE001
             raise DigitsError(f"{path} is not a loadable torch.export (.pt2) file ({_first_line(e)}). "
                               "Re-create it with `digits export --format pt2`.") from None
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return module(x)
-        return run
+    def load(self, path: Path, device: str = "cpu") -> Runner:
+        return torch_runner(self.open(path, device))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from digits._io import atomic_path
+from digits.data import check_input
 from digits.errors import DigitsError
 from digits.export._registry import Runner, register_format
 
@@ -39,18 +40,24 @@ class TorchScript:
                 torch.jit.save(frozen, str(tmp))
         return {"method": "script+freeze", "legacy": True}
 
-    def load(self, path: Path, device: str = "cpu") -> Runner:
+    def open(self, path: Path, device: str = "cpu") -> torch.jit.ScriptModule:
         try:
             with _quiet():
-                module = torch.jit.load(str(path), map_location=device).eval()
+                return torch.jit.load(str(path), map_location=device).eval()
         except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/ValueError/zip errors
             raise DigitsError(f"{path} is not a loadable TorchScript file ({_first_line(e)}). "
                               "Re-create it with `digits export --format torchscript`.") from None
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            with _quiet(), torch.inference_mode():
-                return module(x)
-        return run
+    def load(self, path: Path, device: str = "cpu") -> Runner:
+        return torch_runner(self.open(path, device))
+
+
+def torch_runner(module) -> Runner:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        check_input(x)
+        with torch.inference_mode():
+            return module(x)
+    return run
 
 
 def _first_line(e: Exception) -> str:

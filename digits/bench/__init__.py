@@ -1,0 +1,1 @@
+"""Benchmarks: backends (runtimes), the one timer, the sweep, and its reports."""

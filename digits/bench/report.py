@@ -1,0 +1,151 @@
+"""Bench reports: files (JSON, CSV, Markdown, PNG plots) and the rich table.
+
+The JSON file holds exactly the object ``digits bench --json`` prints:
+``{"environment": {...}, "records": [...]}``. CSV and Markdown hold the same records.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from digits._io import atomic_path, atomic_write, atomic_write_json
+
+COLUMNS = ["model", "backend", "device", "batch_size", "params", "macs_per_image", "artifact_bytes",
+           "first_call_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "iterations", "throughput",
+           "accuracy", "efficiency", "threads", "provider", "error"]
+
+
+def stem(report: dict) -> str:
+    env = report["environment"]
+    return f"bench-{env['device']}-{env['date'][:10]}"
+
+
+def write_report(report: dict, out: Path) -> list[Path]:
+    """Write JSON, CSV, Markdown and the two plots; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / stem(report)
+    paths = [atomic_write_json(base.with_suffix(".json"), report),
+             atomic_write(base.with_suffix(".csv"), to_csv(report["records"])),
+             atomic_write(base.with_suffix(".md"), to_markdown(report))]
+    paths += plot(report, out)
+    return paths
+
+
+def to_csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def _fmt(v, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def to_markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# digits bench: {env['device']} ({env['device_name']}), {env['date']}", "",
+             f"- CPU: {env['cpu']}, {env['cores']} cores, {env['threads']} threads",
+             f"- torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, python {env['python']}",
+             f"- peak FP32 matmul: {env['peak_gflops']:.1f} GFLOP/s; timer overhead {env['harness_overhead_ms'] * 1e3:.2f} us",
+             "", "| model | backend | batch | p50 ms | p90 ms | p99 ms | first ms | img/s | accuracy | efficiency | error |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report["records"]:
+        lines.append(f"| {r['model']} | {r['backend']} | {r['batch_size']} | {_fmt(r['p50_ms'], '.4f')} | "
+                     f"{_fmt(r['p90_ms'], '.4f')} | {_fmt(r['p99_ms'], '.4f')} | {_fmt(r['first_call_ms'], '.3f')} | "
+                     f"{_fmt(r['throughput'], ',.0f')} | {_fmt(r['accuracy'], '.2%')} | {_fmt(r['efficiency'], '.3f')} | "
+                     f"{r['error'] or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def fastest(records: list[dict]) -> set[tuple]:
+    """(model, batch_size, backend) of the lowest p50 per model and batch size."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if r["error"] is None:
+            key = (r["model"], r["batch_size"])
+            if key not in best or r["p50_ms"] < best[key]["p50_ms"]:
+                best[key] = r
+    return {(m, b, r["backend"]) for (m, b), r in best.items()}
+
+
+def table(report: dict) -> Table:
+    env = report["environment"]
+    t = Table(title=f"digits bench on {env['device_name']} ({env['device']}, {env['threads']} threads, "
+                    f"peak {env['peak_gflops']:.0f} GFLOP/s)", title_style="bold", pad_edge=False)
+    for c in ("model", ">batch", "backend", ">p50 us", ">p99 us", ">img/s", ">eff", ">acc"):
+        t.add_column(c.lstrip(">"), justify="right" if c.startswith(">") else "left", no_wrap=True)
+    best = fastest(report["records"])
+    last_model = None
+    for r in sorted(report["records"], key=lambda r: (r["model"], r["batch_size"], r["backend"])):
+        if last_model not in (None, r["model"]):
+            t.add_section()
+        last_model = r["model"]
+        if r["error"]:
+            t.add_row(r["model"], str(r["batch_size"]), r["backend"], f"[red]error: {r['error'][:40]}[/]", "", "", "", "")
+            continue
+        style = "bold green" if (r["model"], r["batch_size"], r["backend"]) in best else None
+        t.add_row(r["model"], str(r["batch_size"]), r["backend"], f"{r['p50_ms'] * 1e3:,.1f}", f"{r['p99_ms'] * 1e3:,.1f}",
+                  f"{r['throughput']:,.0f}", f"{r['efficiency']:.2f}", f"{r['accuracy']:.2%}", style=style)
+    t.caption = "bold green: fastest backend for that model and batch size (lowest p50)"
+    return t
+
+
+def plot(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in report["records"] if r["error"] is None]
+    if not ok:
+        return []
+    models = sorted({r["model"] for r in ok})
+    backends = sorted({r["backend"] for r in ok})
+    env = report["environment"]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for be in backends:
+            pts = sorted((r["batch_size"], r["p50_ms"]) for r in ok if r["model"] == model and r["backend"] == be)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=be)
+        ax.set(xscale="log", yscale="log", title=model, xlabel="batch size", ylabel="p50 latency (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(f"Latency vs batch size, {env['device_name']} ({env['device']}), {env['date'][:10]}")
+    fig.tight_layout()
+    paths = [_save(fig, out / f"{stem(report)}-latency.png")]
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model in models:
+        for be in backends:
+            pts = [r for r in ok if r["model"] == model and r["backend"] == be and r["batch_size"] == 1]
+            if pts:
+                ax.scatter(pts[0]["p50_ms"] * 1e3, pts[0]["accuracy"] * 100, s=40)
+                ax.annotate(f"{model}/{be}", (pts[0]["p50_ms"] * 1e3, pts[0]["accuracy"] * 100), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    ax.set(xscale="log", xlabel="batch-1 p50 latency (us, log)", ylabel="test accuracy (%)",
+           title=f"Accuracy vs batch-1 latency, {env['device']}, {env['date'][:10]}")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    paths.append(_save(fig, out / f"{stem(report)}-accuracy.png"))
+    plt.close(fig)
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    return path
+
+
+def load_report(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,169 @@
+"""The benchmark sweep: models x backends x batch sizes on one device, one record per cell.
+
+A cell that fails records its error and the sweep goes on (timm's habit). Accuracy is
+measured through every backend on the full test set, and throughput is set against the
+machine's own FP32 matmul peak, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from digits.bench.backends import Backend, create_backend, list_backends
+from digits.bench.timing import harness_overhead_ms, measure, peak_gflops
+from digits.checkpoint import versions
+from digits.errors import DigitsError, UsageError
+from digits.models import list_models, model_info
+
+DEFAULT_BATCH_SIZES = (1, 8, 32, 128, 256)
+
+
+@dataclass
+class BenchConfig:
+    models: list[str] = field(default_factory=list_models)
+    backends: list[str] = field(default_factory=lambda: [b for b in list_backends() if create_backend(b).default])
+    device: str = "cpu"
+    batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+    threads: int | None = None  # None: all cores
+    warmup: int = 10  # calls before timing, per batch size
+    min_iters: int = 20
+    min_time: float = 0.3  # seconds per cell, at least
+    checkpoint: str = "artifacts"
+    artifacts: str = "artifacts"
+
+    def validate(self) -> None:
+        for m in self.models:
+            if m not in list_models():
+                raise UsageError(f"Unknown model {m!r}. Choose from: {', '.join(list_models())}.")
+        for b in self.backends:
+            create_backend(b)
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise UsageError(f"Batch sizes must be whole numbers >= 1, got {self.batch_sizes}.")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"Unknown device {self.device!r}. Choose cpu or cuda.")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise DigitsError("--device cuda was asked for, but CUDA is not available on this machine "
+                              f"(torch {torch.__version__} sees no GPU). Run with --device cpu.")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}.")
+        if self.warmup < 0 or self.min_time < 0:
+            raise UsageError("--warmup and --min-time must not be negative.")
+
+
+@dataclass
+class Record:
+    model: str
+    backend: str
+    device: str
+    batch_size: int
+    params: int
+    macs_per_image: int
+    artifact_bytes: int | None = None
+    first_call_ms: float | None = None
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    std_ms: float | None = None
+    iterations: int | None = None
+    throughput: float | None = None  # images per second, from p50
+    accuracy: float | None = None  # full test set through this backend
+    efficiency: float | None = None  # throughput x 2 x MACs / peak FLOP/s
+    threads: int | None = None
+    provider: str | None = None
+    settings: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def efficiency(throughput: float, macs_per_image: int, peak_gflops_: float) -> float:
+    """Fraction of the machine's FP32 matmul peak that this throughput represents."""
+    return throughput * 2 * macs_per_image / (peak_gflops_ * 1e9)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(cfg: BenchConfig) -> dict:
+    import onnx
+    import onnxruntime
+
+    cuda = cfg.device == "cuda"
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "device": cfg.device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
+        **versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        "peak_gflops": peak_gflops(cfg.device),
+        "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
+        "config": asdict(cfg),
+    }
+
+
+@torch.inference_mode()
+def accuracy(backend: Backend, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> float:
+    correct = sum((backend(x[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum().item() for i in range(0, len(x), chunk))
+    return correct / len(x)
+
+
+def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
+              on_record: Callable[[Record], None] = lambda r: None) -> dict:
+    """Sweep every cell; returns ``{"environment": {...}, "records": [...]}``."""
+    cfg.validate()
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    env = environment(cfg)
+    records: list[Record] = []
+    for model in cfg.models:
+        info = model_info(model)
+        for name in cfg.backends:
+            base = dict(model=model, backend=name, device=cfg.device, params=info.params,
+                        macs_per_image=info.macs, threads=threads)
+            try:
+                backend = create_backend(name).load(model, cfg.device, checkpoint=Path(cfg.checkpoint),
+                                                    artifacts=Path(cfg.artifacts), threads=threads)
+                acc = accuracy(backend, x, y)
+            except Exception as e:  # noqa: BLE001 - a failing cell is data, the sweep goes on
+                for b in cfg.batch_sizes:
+                    records.append(Record(**base, batch_size=b, error=_reason(e)))
+                    on_record(records[-1])
+                continue
+            for b in cfg.batch_sizes:
+                rec = Record(**base, batch_size=b, artifact_bytes=backend.artifact.stat().st_size,
+                             accuracy=acc, provider=backend.provider, settings=backend.settings)
+                try:
+                    prepared = backend.prepare(_batch(x, b))
+                    t = measure(lambda run=backend.run, p=prepared: run(p), warmup=cfg.warmup, min_iters=cfg.min_iters,
+                                min_time=cfg.min_time, cuda_events=cfg.device == "cuda" and backend.cuda_events)
+                    for k, v in t.to_dict().items():
+                        setattr(rec, k, v)
+                    rec.throughput = b / (rec.p50_ms / 1e3)
+                    rec.efficiency = efficiency(rec.throughput, info.macs, env["peak_gflops"])
+                except Exception as e:  # noqa: BLE001
+                    rec.error = _reason(e)
+                records.append(rec)
+                on_record(rec)
+    return {"environment": env, "records": [asdict(r) for r in records]}
+
+
+def _batch(x: torch.Tensor, b: int) -> torch.Tensor:
+    # Batches larger than the test set repeat it, so any batch size can be timed.
+    return x[:b].contiguous() if b <= len(x) else x.repeat((b + len(x) - 1) // len(x), 1, 1, 1)[:b].contiguous()
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__

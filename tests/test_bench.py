@@ -1,0 +1,187 @@
+"""Bench: the timer's statistics, every backend's logits, the record schema, failures as data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from digits.bench.backends import create_backend, list_backends
+from digits.bench.report import COLUMNS, fastest, to_csv, to_markdown
+from digits.bench.runner import BenchConfig, Record, efficiency, run_bench
+from digits.bench.timing import measure, percentile, summarize
+from digits.checkpoint import load_checkpoint
+from digits.cli import app
+from digits.errors import DigitsError, UsageError
+from digits.models import list_models
+
+QUICK = dict(warmup=1, min_iters=3, min_time=0.0, threads=2)
+FAST_BACKENDS = [b for b in list_backends() if create_backend(b).default]
+
+
+# --------------------------------------------------------------------------- timing
+def test_summary_statistics_match_numpy():
+    samples = [float(v) for v in np.random.default_rng(0).lognormal(size=501)]
+    s = summarize(samples)
+    for q, got in ((50, s.p50_ms), (90, s.p90_ms), (99, s.p99_ms)):
+        assert got == pytest.approx(np.percentile(samples, q))
+    assert s.mean_ms == pytest.approx(np.mean(samples)) and s.std_ms == pytest.approx(statistics.stdev(samples))
+    assert s.iterations == 501
+
+
+def test_percentile_on_a_known_list():
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+
+
+def test_measure_counts_first_call_warmup_and_samples_separately():
+    calls = []
+    t = measure(lambda: calls.append(1), warmup=4, min_iters=7, min_time=0.0)
+    assert len(calls) == 1 + 4 + 7 and t.stats.iterations == 7 and len(t.samples_ms) == 7
+    assert t.first_call_ms >= 0
+
+
+def test_measure_runs_at_least_min_time():
+    import time
+    t = measure(lambda: time.sleep(0.002), warmup=0, min_iters=1, min_time=0.05)
+    assert sum(t.samples_ms) >= 45 and t.stats.p50_ms >= 2
+
+
+def test_efficiency_arithmetic():
+    # 1,000 images/s x 2 FLOP/MAC x 500,000 MACs = 1 GFLOP/s, on a 4 GFLOP/s machine: 25%.
+    assert efficiency(1000, 500_000, 4.0) == pytest.approx(0.25)
+
+
+# --------------------------------------------------------------------------- backends
+@pytest.mark.parametrize("backend", list_backends())
+@pytest.mark.parametrize("model", list_models())
+def test_backend_logits_equal_eager(exported, trained, test_set, backend, model):
+    if backend == "compile" and model != "lenet5":
+        pytest.skip("torch.compile takes ~20 s per model on 2 cores; one model proves the path")
+    b = create_backend(backend).load(model, "cpu", checkpoint=trained, artifacts=trained, threads=2)
+    eager, _ = load_checkpoint(trained / model)
+    x = test_set[0][:64]
+    with torch.inference_mode():
+        assert torch.allclose(b(x), eager(x), atol=1e-4)
+
+
+def test_unknown_backend_lists_choices():
+    with pytest.raises(UsageError, match="onnxruntime"):
+        create_backend("tensorrt")
+
+
+# --------------------------------------------------------------------------- the sweep
+@pytest.fixture(scope="module")
+def small_report(exported, trained, test_set):
+    cfg = BenchConfig(models=["lenet5"], backends=FAST_BACKENDS, batch_sizes=[1, 3], checkpoint=str(trained),
+                      artifacts=str(trained), **QUICK)
+    return run_bench(cfg, *test_set)
+
+
+def test_record_schema(small_report):
+    recs = small_report["records"]
+    assert len(recs) == len(FAST_BACKENDS) * 2
+    assert set(recs[0]) == set(Record.__dataclass_fields__)
+    assert set(COLUMNS) <= set(recs[0])
+    for r in recs:
+        assert r["error"] is None, r
+        assert r["p50_ms"] > 0 and r["iterations"] >= 3 and r["first_call_ms"] > 0
+        assert r["throughput"] == pytest.approx(r["batch_size"] / (r["p50_ms"] / 1e3))
+        assert r["efficiency"] == pytest.approx(efficiency(r["throughput"], r["macs_per_image"],
+                                                           small_report["environment"]["peak_gflops"]))
+        assert 0.5 < r["accuracy"] <= 1 and r["threads"] == 2
+    env = small_report["environment"]
+    for key in ("cpu", "cores", "torch", "onnxruntime", "onnx", "device_name", "date", "peak_gflops",
+                "harness_overhead_ms"):
+        assert key in env
+    assert env["peak_gflops"] > 0.1
+
+
+def test_onnxruntime_records_its_settings(small_report):
+    ort = [r for r in small_report["records"] if r["backend"] == "onnxruntime"][0]
+    assert ort["provider"] == "CPUExecutionProvider"
+    assert ort["settings"]["intra_op_num_threads"] == 2 and ort["settings"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
+
+
+def test_reports_hold_every_record(small_report):
+    csv_text = to_csv(small_report["records"])
+    assert csv_text.count("\n") == len(small_report["records"]) + 1
+    assert to_markdown(small_report).count("| lenet5 |") == len(small_report["records"])
+    assert {b for (_, _, b) in fastest(small_report["records"])} <= set(FAST_BACKENDS)
+
+
+def test_failing_cell_becomes_an_error_record(exported, trained, test_set, tmp_path):
+    art = tmp_path / "artifacts"
+    shutil.copytree(trained / "mlp", art / "mlp")
+    (art / "mlp" / "model.pt2").unlink()  # missing artifact
+    onnx_path = art / "mlp" / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:-1] + b"\x00")  # corrupted artifact
+    cfg = BenchConfig(models=["mlp"], backends=["eager", "pt2", "onnxruntime"], batch_sizes=[2],
+                      checkpoint=str(trained), artifacts=str(art), **QUICK)
+    recs = {r["backend"]: r for r in run_bench(cfg, *test_set)["records"]}
+    assert recs["eager"]["error"] is None and recs["eager"]["p50_ms"] > 0
+    assert "digits export mlp --format pt2" in recs["pt2"]["error"] and recs["pt2"]["p50_ms"] is None
+    assert "does not match" in recs["onnxruntime"]["error"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal when CUDA is absent")
+def test_cuda_without_cuda_is_refused():
+    with pytest.raises(DigitsError, match="CUDA is not available"):
+        BenchConfig(device="cuda").validate()
+
+
+@pytest.mark.parametrize("bad", [dict(batch_sizes=[0]), dict(batch_sizes=[]), dict(models=["vgg"]),
+                                 dict(backends=["tflite"]), dict(threads=0)])
+def test_bad_config_is_usage_error(bad):
+    with pytest.raises(UsageError):
+        BenchConfig(**bad).validate()
+
+
+# --------------------------------------------------------------------------- CLI
+runner = CliRunner()
+
+
+def test_cli_json_and_files(exported, trained, fixture_root, tmp_path):
+    result = runner.invoke(app, ["bench", "--models", "mlp", "--backends", "eager,onnxruntime", "--batch-sizes", "1,4",
+                                 "--min-time", "0", "--warmup", "1", "--checkpoint", str(trained), "--artifacts",
+                                 str(trained), "--out", str(tmp_path), "--data-dir", str(fixture_root), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(report["records"]) == 4 and "peak_gflops" in report["environment"]
+    stem = f"bench-cpu-{report['environment']['date'][:10]}"
+    assert json.loads((tmp_path / f"{stem}.json").read_text()) == report
+    for suffix in (".csv", ".md", "-latency.png", "-accuracy.png"):
+        assert (tmp_path / f"{stem}{suffix}").stat().st_size > 100
+
+
+@pytest.mark.parametrize("args, words", [(["--batch-sizes", "0"], "Batch sizes"), (["--batch-sizes", "a,b"], "comma-separated"),
+                                         (["--backends", "tflite"], "onnxruntime"), (["--models", "vgg"], "lenet5")])
+def test_cli_bad_values_exit_2(args, words):
+    result = runner.invoke(app, ["bench", *args])
+    assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal when CUDA is absent")
+def test_cli_cuda_without_cuda_exits_1():
+    result = runner.invoke(app, ["bench", "--device", "cuda"])
+    assert result.exit_code == 1 and "CUDA is not available" in result.output
+
+
+def test_cli_missing_artifacts_says_export(trained, fixture_root, tmp_path):
+    result = runner.invoke(app, ["bench", "--models", "cnn", "--backends", "onnxruntime", "--batch-sizes", "1",
+                                 "--checkpoint", str(trained), "--artifacts", str(tmp_path / "none"),
+                                 "--out", str(tmp_path), "--data-dir", str(fixture_root)])
+    assert result.exit_code == 1 and "digits export" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sweep_times_on_the_gpu(exported, trained, test_set):
+    cfg = BenchConfig(models=["lenet5"], backends=["eager", "pt2"], device="cuda", batch_sizes=[1, 64],
+                      checkpoint=str(trained), artifacts=str(trained), **QUICK)
+    for r in run_bench(cfg, *test_set)["records"]:
+        assert r["error"] is None and r["provider"] == "torch-cuda" and r["p50_ms"] > 0
