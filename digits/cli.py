@@ -270,7 +270,8 @@ def bench(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,128,256",
     threads: Annotated[int | None, typer.Option(help="Threads for torch and onnxruntime (default: all cores).", show_default=False)] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up calls per cell, after the first call.")] = 10,
-    min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell.")] = 0.3,
+    min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell (all rounds).")] = 0.5,
+    rounds: Annotated[int, typer.Option(help="Interleaved passes over all cells; samples are pooled.")] = 5,
     checkpoint: CheckpointDir = Path("artifacts"),
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench-<device>-<date>.{json,csv,md,png}.")] = Path("results"),
@@ -287,7 +288,7 @@ def bench(
 
     cfg = BenchConfig(models=_csv(models_, "models"), batch_sizes=_csv(batch_sizes, "batch-sizes", int),
                       backends=_csv(backends, "backends") if backends else [b for b in list_backends() if create_backend(b).default],
-                      device=resolve_device(device.value).type, threads=threads, warmup=warmup, min_time=min_time,
+                      device=resolve_device(device.value).type, threads=threads, warmup=warmup, min_time=min_time, rounds=rounds,
                       checkpoint=str(checkpoint), artifacts=str(artifacts))
     cfg.validate()
     root = _root(data_dir)

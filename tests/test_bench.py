@@ -20,7 +20,7 @@ from digits.cli import app
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models
 
-QUICK = dict(warmup=1, min_iters=3, min_time=0.0, threads=2)
+QUICK = dict(warmup=1, min_iters=3, min_time=0.0, rounds=2, threads=2)
 FAST_BACKENDS = [b for b in list_backends() if create_backend(b).default]
 
 
@@ -90,7 +90,7 @@ def test_record_schema(small_report):
     assert set(COLUMNS) <= set(recs[0])
     for r in recs:
         assert r["error"] is None, r
-        assert r["p50_ms"] > 0 and r["iterations"] >= 3 and r["first_call_ms"] > 0
+        assert r["p50_ms"] > 0 and r["iterations"] == 4 and r["first_call_ms"] > 0  # 2 rounds x ceil(3/2)
         assert r["throughput"] == pytest.approx(r["batch_size"] / (r["p50_ms"] / 1e3))
         assert r["efficiency"] == pytest.approx(efficiency(r["throughput"], r["macs_per_image"],
                                                            small_report["environment"]["peak_gflops"]))
@@ -136,7 +136,7 @@ def test_cuda_without_cuda_is_refused():
 
 
 @pytest.mark.parametrize("bad", [dict(batch_sizes=[0]), dict(batch_sizes=[]), dict(models=["vgg"]),
-                                 dict(backends=["tflite"]), dict(threads=0)])
+                                 dict(backends=["tflite"]), dict(threads=0), dict(rounds=0)])
 def test_bad_config_is_usage_error(bad):
     with pytest.raises(UsageError):
         BenchConfig(**bad).validate()

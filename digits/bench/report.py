@@ -125,13 +125,14 @@ def plot(report: dict, out: Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for model in models:
+    markers = dict(zip(backends, "osD^vP*X", strict=False))  # marker = backend, colour = model
+    for i, model in enumerate(models):
         for be in backends:
             pts = [r for r in ok if r["model"] == model and r["backend"] == be and r["batch_size"] == 1]
             if pts:
-                ax.scatter(pts[0]["p50_ms"] * 1e3, pts[0]["accuracy"] * 100, s=40)
-                ax.annotate(f"{model}/{be}", (pts[0]["p50_ms"] * 1e3, pts[0]["accuracy"] * 100), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.scatter(pts[0]["p50_ms"] * 1e3, pts[0]["accuracy"] * 100, s=50, color=f"C{i}",
+                           marker=markers[be], label=f"{model} / {be}")
+    ax.legend(fontsize=7, ncol=len(models), loc="best")
     ax.set(xscale="log", xlabel="batch-1 p50 latency (us, log)", ylabel="test accuracy (%)",
            title=f"Accuracy vs batch-1 latency, {env['device']}, {env['date'][:10]}")
     ax.grid(True, alpha=0.3)

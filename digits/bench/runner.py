@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from digits.bench.backends import Backend, create_backend, list_backends
-from digits.bench.timing import harness_overhead_ms, measure, peak_gflops
+from digits.bench.timing import Timing, harness_overhead_ms, measure, peak_gflops
 from digits.checkpoint import versions
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models, model_info
@@ -34,7 +34,8 @@ class BenchConfig:
     threads: int | None = None  # None: all cores
     warmup: int = 10  # calls before timing, per batch size
     min_iters: int = 20
-    min_time: float = 0.3  # seconds per cell, at least
+    min_time: float = 0.5  # seconds per cell, at least, summed over the rounds
+    rounds: int = 5  # interleaved passes over all cells (see run_bench)
     checkpoint: str = "artifacts"
     artifacts: str = "artifacts"
 
@@ -53,8 +54,8 @@ class BenchConfig:
                               f"(torch {torch.__version__} sees no GPU). Run with --device cpu.")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}.")
-        if self.warmup < 0 or self.min_time < 0:
-            raise UsageError("--warmup and --min-time must not be negative.")
+        if self.warmup < 0 or self.min_time < 0 or self.rounds < 1:
+            raise UsageError("--warmup and --min-time must not be negative, and --rounds must be at least 1.")
 
 
 @dataclass
@@ -121,12 +122,19 @@ def accuracy(backend: Backend, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
 
 def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
               on_record: Callable[[Record], None] = lambda r: None) -> dict:
-    """Sweep every cell; returns ``{"environment": {...}, "records": [...]}``."""
+    """Sweep every cell; returns ``{"environment": {...}, "records": [...]}``.
+
+    Cells are timed in ``cfg.rounds`` interleaved passes (cell 1..N, then again), and each
+    cell's samples are pooled. On a shared or throttling machine a slow spell then spreads
+    over all cells instead of landing on whichever cell ran during it; two runs agree far
+    better than with one block per cell. Each round warms the cell up again.
+    """
     cfg.validate()
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     env = environment(cfg)
     records: list[Record] = []
+    cells = []  # (record, backend, prepared input)
     for model in cfg.models:
         info = model_info(model)
         for name in cfg.backends:
@@ -137,25 +145,36 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                                                     artifacts=Path(cfg.artifacts), threads=threads)
                 acc = accuracy(backend, x, y)
             except Exception as e:  # noqa: BLE001 - a failing cell is data, the sweep goes on
-                for b in cfg.batch_sizes:
-                    records.append(Record(**base, batch_size=b, error=_reason(e)))
-                    on_record(records[-1])
+                records += [Record(**base, batch_size=b, error=_reason(e)) for b in cfg.batch_sizes]
                 continue
             for b in cfg.batch_sizes:
                 rec = Record(**base, batch_size=b, artifact_bytes=backend.artifact.stat().st_size,
                              accuracy=acc, provider=backend.provider, settings=backend.settings)
+                records.append(rec)
                 try:
-                    prepared = backend.prepare(_batch(x, b))
-                    t = measure(lambda run=backend.run, p=prepared: run(p), warmup=cfg.warmup, min_iters=cfg.min_iters,
-                                min_time=cfg.min_time, cuda_events=cfg.device == "cuda" and backend.cuda_events)
-                    for k, v in t.to_dict().items():
-                        setattr(rec, k, v)
-                    rec.throughput = b / (rec.p50_ms / 1e3)
-                    rec.efficiency = efficiency(rec.throughput, info.macs, env["peak_gflops"])
+                    cells.append((rec, backend, backend.prepare(_batch(x, b))))
                 except Exception as e:  # noqa: BLE001
                     rec.error = _reason(e)
-                records.append(rec)
-                on_record(rec)
+    timings: dict[int, Timing] = {}
+    for round_ in range(cfg.rounds):
+        for rec, backend, prepared in cells:
+            if rec.error:
+                continue
+            try:
+                t = measure(lambda run=backend.run, p=prepared: run(p), warmup=cfg.warmup,
+                            min_iters=-(-cfg.min_iters // cfg.rounds), min_time=cfg.min_time / cfg.rounds,
+                            cuda_events=cfg.device == "cuda" and backend.cuda_events)
+            except Exception as e:  # noqa: BLE001
+                rec.error = _reason(e)
+                continue
+            timings[id(rec)] = timings[id(rec)].extend(t) if round_ else t
+    for rec in records:
+        if (t := timings.get(id(rec))) and not rec.error:
+            for k, v in t.to_dict().items():
+                setattr(rec, k, v)
+            rec.throughput = rec.batch_size / (rec.p50_ms / 1e3)
+            rec.efficiency = efficiency(rec.throughput, rec.macs_per_image, env["peak_gflops"])
+        on_record(rec)
     return {"environment": env, "records": [asdict(r) for r in records]}
 
 

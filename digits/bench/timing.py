@@ -9,6 +9,7 @@ on CUDA. Statistics come from the raw samples in :func:`summarize`, and nowhere 
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -55,11 +56,25 @@ class Timing:
     def to_dict(self) -> dict:
         return {"first_call_ms": self.first_call_ms, **asdict(self.stats)}
 
+    def extend(self, later: Timing) -> Timing:
+        """Pool the samples of a later round; the first call stays this round's."""
+        return Timing(first_call_ms=self.first_call_ms, samples_ms=self.samples_ms + later.samples_ms)
+
 
 def measure(fn: Callable[[], object], *, warmup: int = 10, min_iters: int = 20, min_time: float = 0.5,
             max_iters: int = 1_000_000, cuda_events: bool = False) -> Timing:
     """Time ``fn`` until both ``min_iters`` calls and ``min_time`` seconds are reached."""
     sync = torch.cuda.synchronize if cuda_events else (lambda: None)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside the loop would be timed as the model's (as timeit does)
+    try:
+        return _measure(fn, sync, warmup, min_iters, min_time, max_iters, cuda_events)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _measure(fn, sync, warmup, min_iters, min_time, max_iters, cuda_events) -> Timing:
     sync()
     t0 = time.perf_counter()
     fn()
