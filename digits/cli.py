@@ -87,10 +87,11 @@ def _guard(fn):
 
 
 def _table(title: str, *columns: str) -> Table:
-    """A compact table; a column named '>x' is right-aligned (numbers)."""
+    """A compact table; a column named '>x' is right-aligned (numbers), '~x' may wrap."""
     t = Table(title=title, box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False, collapse_padding=True)
     for c in columns:
-        t.add_column(c.lstrip(">"), justify="right" if c.startswith(">") else "left", no_wrap=c != "description")
+        t.add_column(c.lstrip(">~"), justify="right" if c.startswith(">") else "left", no_wrap=c[0] != "~",
+                     overflow="fold")
     return t
 
 
@@ -142,7 +143,7 @@ def models(as_json: JsonFlag = False):
     infos = [model_info(n).to_dict() for n in list_models()]
     if as_json:
         return _emit_json(infos)
-    t = _table("digits models", "name", "description", ">params", ">MACs/image", "input", "normalization")
+    t = _table("digits models", "name", "~description", ">params", ">MACs/image", "input", "normalization")
     for i in infos:
         t.add_row(i["name"], i["description"], f"{i['params']:,}", f"{i['macs']:,}",
                   "x".join(map(str, i["input_shape"])), f"({i['mean']}, {i['std']})")
@@ -313,6 +314,44 @@ def bench(
         raise DigitsError(f"Every cell failed; the first error: {errors[0]['error']}")
     for e in errors[:3]:
         _log(f"{e['model']}/{e['backend']}/batch {e['batch_size']} failed: {e['error']}")
+
+
+# --------------------------------------------------------------------------- predict
+@app.command()
+@_guard
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or directories (a directory is one batch).")],
+    model: Annotated[ModelOnly, typer.Option(help="Model to use.")] = ModelOnly["lenet5"],
+    backend: Annotated[str, typer.Option(help="eager, torchscript, onnxruntime, pt2 or compile.")] = "onnxruntime",
+    top: Annotated[int, typer.Option("--top-k", min=1, max=10, help="How many classes to show per image.")] = 3,
+    checkpoint: CheckpointDir = Path("artifacts"),
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
+    save_preprocessed: Annotated[Path | None, typer.Option(help="Write the 28x28 images the model saw here.", show_default=False)] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+):
+    """Predict the digit in your own images (photos, drawings, scans)."""
+    from digits.bench.backends import create_backend
+    from digits.predict import predict_files, top_k
+
+    create_backend(backend)  # unknown backend: exit 2 with the choices
+    results = predict_files(inputs, model=model.value, backend=backend, checkpoint=checkpoint, artifacts=artifacts,
+                            data_root=_root(data_dir), save_preprocessed=save_preprocessed, log=_log)
+    if as_json:
+        _emit_json(results)
+    else:
+        t = _table(f"{model.value} via {backend}", "~image", ">digit", "~top-k probabilities")
+        for r in results:
+            if "error" in r:
+                t.add_row(r["path"], "[red]-[/]", f"[red]{r['error'].removeprefix(r['path'] + ': ')}[/]")
+            else:
+                t.add_row(r["path"], f"[bold]{r['prediction']}[/]",
+                          "  ".join(f"{c}: {p:.1%}" for c, p in top_k(r["probabilities"], top)))
+        out.print(t)
+    failed = [r for r in results if "error" in r]
+    if failed:
+        raise DigitsError(f"{len(failed)} of {len(results)} file(s) could not be predicted: "
+                          + "; ".join(r["error"] for r in failed[:5]))
 
 
 def _size(n: int) -> str:
