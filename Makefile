@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/digits data
-	$(VENV)/bin/digits train all
+	$(VENV)/bin/digits run
 
 test: setup
 	$(PY) -m pytest -q

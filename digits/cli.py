@@ -354,6 +354,89 @@ def predict(
                           + "; ".join(r["error"] for r in failed[:5]))
 
 
+# --------------------------------------------------------------------------- report
+@app.command()
+@_guard
+def report(
+    checkpoint: CheckpointDir = Path("artifacts"),
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
+    results: Annotated[Path, typer.Option("--results", help="Folder with bench output; REPORT.md goes here.")] = Path("results"),
+    html_too: Annotated[bool, typer.Option("--html", help="Also write a self-contained REPORT.html.")] = False,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+):
+    """Build results/REPORT.md: summary, training curves, confusion matrices, mistakes, speed."""
+    from digits.data import load_test
+    from digits.report import build_report
+    from digits.sources import ensure_mnist
+
+    root = _root(data_dir)
+    ensure_mnist(root, log=_log)
+    with err.status("building the report"):
+        paths = build_report(*load_test(root), checkpoint=checkpoint, artifacts=artifacts, results=results, html_too=html_too)
+    if as_json:
+        _emit_json(paths)
+    else:
+        out.print(f"Wrote {paths['markdown']}" + (f" and {paths['html']}" if "html" in paths else "")
+                  + f" with {len(paths['figures'])} figures.", highlight=False)
+
+
+# --------------------------------------------------------------------------- run
+@app.command()
+@_guard
+def run(
+    force: Annotated[bool, typer.Option("--force", help="Redo every stage, even those already done and verified.")] = False,
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Checkpoints and exports folder.")] = Path("artifacts"),
+    results: Annotated[Path, typer.Option("--results", help="Bench output and REPORT.md folder.")] = Path("results"),
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+):
+    """The whole job: data, train all, export all formats, CPU bench, report (what `make run` calls)."""
+    import time
+
+    from digits.pipeline import STAGES, Hooks, RunConfig, run_all, summary_rows
+
+    t0 = time.perf_counter()
+
+    class CliHooks(Hooks):
+        def stage(self, name, index, detail):
+            err.rule(f"[bold]stage {index}/{len(STAGES)}: {name}[/] ({detail})")
+
+        def train_progress(self, model):
+            progress = _train_progress()
+            progress.start()
+            task = progress.add_task(model, total=None, epoch="-", loss=float("nan"), val="-")
+
+            def update(p):
+                _advance(progress, task, p)
+                if p.val_accuracy is not None and p.epoch == p.epochs:
+                    progress.stop()
+            return update
+
+        def log(self, message):
+            _log(message)
+
+    res = run_all(RunConfig(data_root=_root(data_dir), artifacts=artifacts, results=results, force=force), CliHooks())
+    rows = summary_rows(res)
+    if as_json:
+        return _emit_json({"stages": res.done, "models": rows, "report": res.report,
+                           "seconds": round(time.perf_counter() - t0, 1)})
+    t = _table("digits run: summary", "model", ">params", ">MACs", ">test acc", ">ONNX acc", ">b1 p50",
+               ">b256 p50", ">b256 img/s")
+    for r in rows:
+        t.add_row(r["model"], f"{r['params'] / 1e3:,.0f}k", f"{r['macs'] / 1e6:.2f}M", f"{r['test_accuracy']:.2%}",
+                  f"{r['onnx_accuracy']:.2%}" if r["onnx_accuracy"] is not None else "-",
+                  f"{r['batch1_p50_us']:,.1f} us" if r["batch1_p50_us"] else "-",
+                  f"{r['batch256_p50_ms']:,.2f} ms" if r["batch256_p50_ms"] else "-",
+                  f"{r['batch256_throughput']:,.0f}" if r["batch256_throughput"] else "-")
+    t.caption = "latency and throughput of the fastest backend; " + "; ".join(
+        f"{r['model']}: {r['batch1_backend']} (b1), {r['batch256_backend']} (b256)" for r in rows)
+    out.print(t)
+    out.print("Stages: " + ", ".join(f"{k} {v}" for k, v in res.done.items()), highlight=False)
+    out.print(f"Report: {res.report['markdown']}" + (f" (and {res.report['html']})" if "html" in res.report else "")
+              + f"; finished in {time.perf_counter() - t0:.0f} s", highlight=False)
+
+
 def _size(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 

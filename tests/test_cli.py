@@ -12,7 +12,7 @@ from digits.cli import app
 from digits.models import list_models, model_info
 
 runner = CliRunner()
-COMMANDS = ["data", "models", "train", "export", "verify", "bench", "predict"]
+COMMANDS = ["data", "models", "train", "export", "verify", "bench", "predict", "report", "run"]
 
 
 def test_top_level_help_lists_commands():

@@ -1,0 +1,171 @@
+"""``digits run``: the whole job, stage by stage, skipping what is already done and verified.
+
+    data -> train (default recipes) -> export (every format, parity) -> bench (CPU) -> report
+
+A stage is skipped when its outputs exist and verify: MNIST against its manifest, a
+checkpoint against its sha256, an export against its manifest entry (sha256, parity
+passed, exported from the current checkpoint), a bench JSON newer than every export and
+covering every model and backend. ``force`` redoes everything. Completed stages stay on
+disk if a later one fails, so re-running resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from digits.checkpoint import checkpoint_dir, load_checkpoint
+from digits.errors import DigitsError
+from digits.models import list_models
+
+STAGES = ("data", "train", "export", "bench", "report")
+
+
+@dataclass
+class RunConfig:
+    data_root: Path
+    artifacts: Path = Path("artifacts")
+    results: Path = Path("results")
+    force: bool = False
+    html: bool = True
+    bench: dict = field(default_factory=dict)  # BenchConfig overrides (the tests use tiny sweeps)
+
+
+@dataclass
+class RunResult:
+    done: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped" | detail
+    bench: dict | None = None
+    report: dict | None = None
+    checkpoints: dict = field(default_factory=dict)
+    exports: dict = field(default_factory=dict)
+
+
+class Hooks:
+    """What the CLI shows while the pipeline runs; the library itself prints nothing."""
+
+    def stage(self, name: str, index: int, detail: str) -> None: ...
+
+    def train_progress(self, model: str) -> Callable: return lambda p: None
+
+    def log(self, message: str) -> None: ...
+
+
+def _checkpoint_ok(folder: Path, model: str) -> dict | None:
+    try:
+        return load_checkpoint(folder, model)[1]
+    except DigitsError:
+        return None
+
+
+def _export_ok(folder: Path, fmt: str, ckpt_sha: str) -> dict | None:
+    from digits.export import checked_path, get_format, read_exports
+
+    entry = read_exports(folder)["formats"].get(fmt)
+    if not entry or not entry.get("passed") or entry.get("checkpoint_sha256") != ckpt_sha:
+        return None
+    try:
+        checked_path(folder / get_format(fmt).filename)
+    except DigitsError:
+        return None
+    return entry
+
+
+def _bench_ok(results: Path, exports_mtime: float, backends: list[str]) -> dict | None:
+    files = sorted(results.glob("bench-cpu-*.json"), key=lambda p: p.stat().st_mtime)
+    if not files or files[-1].stat().st_mtime < exports_mtime:
+        return None
+    report = json.loads(files[-1].read_text())
+    have = {(r["model"], r["backend"]) for r in report["records"] if not r["error"]}
+    return report if all((m, b) in have for m in list_models() for b in backends) else None
+
+
+def run_all(cfg: RunConfig, hooks: Hooks = Hooks()) -> RunResult:
+    from digits.bench.backends import create_backend, list_backends
+    from digits.bench.runner import BenchConfig, run_bench
+    from digits.bench.report import write_report
+    from digits.data import load_splits, load_test
+    from digits.export import export_model, list_formats
+    from digits.report import build_report
+    from digits.sources import ensure_mnist
+    from digits.train import resolve_config, train
+
+    res = RunResult()
+    stage = STAGES[0]
+    try:
+        hooks.stage(stage, 1, "fetch or verify MNIST")
+        ensure_mnist(cfg.data_root, log=hooks.log)
+        res.done[stage] = "verified"
+
+        stage = "train"
+        hooks.stage(stage, 2, "default recipes")
+        splits = None
+        for model in list_models():
+            folder = checkpoint_dir(cfg.artifacts, model)
+            man = None if cfg.force else _checkpoint_ok(folder, model)
+            if man is None:
+                splits = splits or load_splits(cfg.data_root, seed=0)
+                train(resolve_config(model, "default"), splits, cfg.artifacts, on_progress=hooks.train_progress(model))
+                man = load_checkpoint(folder, model)[1]
+                res.done.setdefault(stage, "ran")
+            res.checkpoints[model] = man
+        res.done.setdefault(stage, "skipped (checkpoints verified)")
+
+        stage = "export"
+        x, y = load_test(cfg.data_root)
+        hooks.stage(stage, 3, "every format, parity on the test set")
+        for model in list_models():
+            for fmt in list_formats():
+                folder = checkpoint_dir(cfg.artifacts, model)
+                entry = None if cfg.force else _export_ok(folder, fmt, res.checkpoints[model]["weights_sha256"])
+                if entry is None:
+                    hooks.log(f"exporting {model} to {fmt}")
+                    rec = export_model(model, fmt, x, y, checkpoint=cfg.artifacts, out=cfg.artifacts)
+                    if not rec["passed"]:
+                        raise DigitsError(f"{model}/{fmt} failed parity (max_abs_diff {rec['max_abs_diff']:.2e}, "
+                                          f"agreement {rec['argmax_agreement']:.4%})")
+                    res.done.setdefault(stage, "ran")
+                    entry = rec
+                res.exports[(model, fmt)] = entry
+        res.done.setdefault(stage, "skipped (exports verified)")
+
+        stage = "bench"
+        hooks.stage(stage, 4, "CPU, every model x backend x batch size")
+        backends = [b for b in list_backends() if create_backend(b).default]
+        newest = max((checkpoint_dir(cfg.artifacts, m) / "exports.json").stat().st_mtime for m in list_models())
+        res.bench = None if cfg.force else _bench_ok(cfg.results, newest, backends)
+        if res.bench is None:
+            bcfg = BenchConfig(backends=backends, checkpoint=str(cfg.artifacts), artifacts=str(cfg.artifacts), **cfg.bench)
+            res.bench = run_bench(bcfg, x, y)
+            write_report(res.bench, cfg.results)
+            res.done[stage] = "ran"
+        else:
+            res.done[stage] = "skipped (bench results newer than the exports)"
+
+        stage = "report"
+        hooks.stage(stage, 5, "REPORT.md" + (" and REPORT.html" if cfg.html else ""))
+        res.report = build_report(x, y, checkpoint=cfg.artifacts, artifacts=cfg.artifacts, results=cfg.results,
+                                  html_too=cfg.html)
+        res.done[stage] = "ran"
+    except DigitsError as e:
+        kept = ", ".join(s for s in STAGES if s in res.done) or "none"
+        raise DigitsError(f"Stage '{stage}' failed: {e} Completed stages are kept ({kept}); fix the cause and run "
+                          "`digits run` again to resume: finished, verified stages are skipped.", e.exit_code) from None
+    return res
+
+
+def summary_rows(res: RunResult) -> list[dict]:
+    """One row per model: what the final summary table shows."""
+    from digits.report import best
+
+    rows = []
+    for model, man in res.checkpoints.items():
+        b1, b256 = best(res.bench["records"], model, 1), best(res.bench["records"], model, 256)
+        rows.append({"model": model, "params": man["params"], "macs": man["macs"],
+                     "test_accuracy": man["test_accuracy"],
+                     "onnx_accuracy": res.exports.get((model, "onnx"), {}).get("accuracy"),
+                     "batch1_p50_us": b1 and b1["p50_ms"] * 1e3, "batch1_backend": b1 and b1["backend"],
+                     "batch256_p50_ms": b256 and b256["p50_ms"], "batch256_throughput": b256 and b256["throughput"],
+                     "batch256_backend": b256 and b256["backend"]})
+    return rows

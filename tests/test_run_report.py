@@ -1,0 +1,112 @@
+"""digits run (the pipeline with skip/resume) and digits report, on the fixture."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from digits.cli import app
+from digits.errors import DigitsError
+from digits.models import list_models
+from digits.pipeline import RunConfig, run_all, summary_rows
+
+TINY_BENCH = dict(batch_sizes=[1, 256], min_time=0.0, min_iters=2, rounds=1, warmup=1, threads=2)
+
+
+@pytest.fixture
+def workspace(exported, trained, tmp_path):
+    """A copy of the session's trained + exported artifacts, safe to damage."""
+    art = tmp_path / "artifacts"
+    shutil.copytree(trained, art)
+    return art
+
+
+def _cfg(fixture_root, art, tmp_path, **kw):
+    return RunConfig(data_root=fixture_root, artifacts=art, results=tmp_path / "results", bench=TINY_BENCH, **kw)
+
+
+def test_run_skips_verified_stages_and_writes_the_report(fixture_root, workspace, tmp_path):
+    res = run_all(_cfg(fixture_root, workspace, tmp_path))
+    assert res.done["train"].startswith("skipped") and res.done["export"].startswith("skipped")
+    assert res.done["bench"] == "ran" and res.done["report"] == "ran"
+    rows = summary_rows(res)
+    assert [r["model"] for r in rows] == list_models()
+    for r in rows:
+        assert r["onnx_accuracy"] == r["test_accuracy"] or abs(r["onnx_accuracy"] - r["test_accuracy"]) < 0.002
+        assert r["batch1_p50_us"] > 0 and r["batch256_throughput"] > 0
+    again = run_all(_cfg(fixture_root, workspace, tmp_path))
+    assert again.done["bench"].startswith("skipped")  # bench JSON is newer than every export
+    _check_report(tmp_path / "results", res)
+
+
+def test_tampered_checkpoint_is_retrained_and_reexported(fixture_root, workspace, tmp_path):
+    weights = workspace / "mlp" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    old_onnx = (workspace / "mlp" / "model.onnx").read_bytes()
+    res = run_all(_cfg(fixture_root, workspace, tmp_path))
+    assert res.done["train"] == "ran" and res.done["export"] == "ran"
+    assert res.checkpoints["mlp"]["recipe"] == "default"
+    assert (workspace / "mlp" / "model.onnx").read_bytes() != old_onnx  # exported from the new checkpoint
+
+
+def test_failed_stage_is_named_and_earlier_stages_kept(fixture_root, workspace, tmp_path, monkeypatch):
+    import digits.export as export
+
+    def boom(*a, **k):
+        raise DigitsError("simulated exporter crash.")
+    monkeypatch.setattr(export, "export_model", boom)
+    (workspace / "cnn" / "model.pt2").unlink()
+    with pytest.raises(DigitsError, match=r"Stage 'export' failed: simulated exporter crash\. Completed stages are kept "
+                                          r"\(data, train\).*digits run"):
+        run_all(_cfg(fixture_root, workspace, tmp_path))
+    assert (workspace / "cnn" / "model.safetensors").is_file()
+
+
+def test_force_redoes_everything(fixture_root, workspace, tmp_path):
+    res = run_all(_cfg(fixture_root, workspace, tmp_path, force=True, html=False))
+    assert all(v == "ran" for k, v in res.done.items() if k != "data")
+
+
+def _check_report(results, res):
+    """Every section, every figure on disk, and an HTML page with the images embedded."""
+    md = (results / "REPORT.md").read_text()
+    for heading in ("## Summary", "## Training", "## Per-class accuracy", "## Speed", "## Environment"):
+        assert heading in md
+    for model in list_models():
+        for kind in ("training", "confusion", "mistakes"):
+            assert f"report-{kind}-{model}.png" in md
+            assert (results / f"report-{kind}-{model}.png").stat().st_size > 5000
+    for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (results / img).is_file()
+    page = (results / "REPORT.html").read_text()
+    assert page.count("data:image/png;base64,") == len(re.findall(r"!\[", md))
+    assert 'src="http' not in page and "src='http" not in page
+    assert res.report["html"].endswith("REPORT.html")
+
+
+def test_report_without_checkpoints_says_to_train(fixture_root, tmp_path):
+    result = CliRunner().invoke(app, ["report", "--checkpoint", str(tmp_path), "--results", str(tmp_path),
+                                      "--data-dir", str(fixture_root)])
+    assert result.exit_code == 1 and "digits train all" in result.output
+
+
+def test_cli_run_json(fixture_root, workspace, tmp_path, monkeypatch):
+    import digits.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline.RunConfig, "__init__", _tiny_init(pipeline.RunConfig.__init__))
+    result = CliRunner().invoke(app, ["run", "--artifacts", str(workspace), "--results", str(tmp_path / "r"),
+                                      "--data-dir", str(fixture_root), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert set(out["stages"]) == {"data", "train", "export", "bench", "report"}
+    assert [m["model"] for m in out["models"]] == list_models()
+
+
+def _tiny_init(init):
+    def wrapped(self, *a, **k):
+        init(self, *a, **{**k, "bench": TINY_BENCH})
+    return wrapped
