@@ -96,7 +96,7 @@ def run_all(cfg: RunConfig, hooks: Hooks = Hooks()) -> RunResult:
     try:
         hooks.stage(stage, 1, "fetch or verify MNIST")
         ensure_mnist(cfg.data_root, log=hooks.log)
-        res.done[stage] = "verified"
+        res.done[stage] = "ready"
 
         stage = "train"
         hooks.stage(stage, 2, "default recipes")
