@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,21 +22,12 @@ from pathlib import Path
 import torch
 
 from digits._io import atomic_write_json
+from digits.bench.runner import cpu_name
 from digits.checkpoint import versions
 from digits.data import default_root, load_splits
 from digits.models import list_models
 from digits.sources import ensure_mnist
 from digits.train import resolve_config, train
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
