@@ -55,7 +55,7 @@ RECIPES: dict[str, dict[str, dict]] = {
     },
     "lenet5": {
         "default": dict(epochs=10, batch_size=256, lr=4e-3, augment=True, label_smoothing=0.1),
-        "fast": dict(epochs=2, batch_size=256, lr=1e-2, augment=False, label_smoothing=0.1),
+        "fast": dict(epochs=2, batch_size=256, lr=2e-2, augment=False, label_smoothing=0.1),
     },
 }
 RECIPE_NAMES = ("default", "fast")

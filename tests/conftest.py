@@ -38,7 +38,8 @@ def trained(tmp_path_factory, splits) -> Path:
 
     out = tmp_path_factory.mktemp("artifacts")
     for name in list_models():
-        train(resolve_config(name, "fast", epochs=2, batch_size=64, augment=False, threads=2), splits, out)
+        # Explicit settings, so tuning a recipe cannot change what the fixture models look like.
+        train(resolve_config(name, "fast", epochs=3, batch_size=64, lr=3e-3, augment=False, threads=2), splits, out)
     return out
 
 
