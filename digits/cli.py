@@ -8,24 +8,18 @@ its exit code (2 bad usage, 1 run-time failure), never a traceback.
 from __future__ import annotations
 
 import functools
-import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from digits.errors import DigitsError
 from digits.models import list_models, model_info
+from digits.ui import advance, emit_json, err, guard, log, out, size, table, train_progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Train, export and benchmark the classic MNIST models: mlp, cnn, lenet5.")
-err = Console(stderr=True)  # progress, logs, errors
-out = Console()  # result tables (stdout); --json replaces them
 
 ModelChoice = Enum("ModelChoice", {n: n for n in [*list_models(), "all"]}, type=str)
 ModelOnly = Enum("ModelOnly", {n: n for n in list_models()}, type=str)
@@ -69,45 +63,20 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Train, export and benchmark the classic MNIST models: mlp, cnn, lenet5."""
 
 
-def _guard(fn):
-    """Turn DigitsError into a clean message and exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DigitsError as e:
-            err.print(f"[bold red]Error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]Interrupted.[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def _table(title: str, *columns: str) -> Table:
-    """A compact table; a column named '>x' is right-aligned (numbers), '~x' may wrap."""
-    t = Table(title=title, box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False, collapse_padding=True)
-    for c in columns:
-        t.add_column(c.lstrip(">~"), justify="right" if c.startswith(">") else "left", no_wrap=c[0] != "~",
-                     overflow="fold")
-    return t
-
-
-def _log(message: str) -> None:
-    err.print(message, markup=False, highlight=False)
-
-
-def _emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-    sys.stdout.flush()
-
-
 def _root(data_dir: Path | None) -> Path:
     from digits.data import default_root
 
     return data_dir or default_root()
+
+
+def _test_set(data_dir: Path | None):
+    """MNIST's test set (fetched first if missing), for parity, bench and the report."""
+    from digits.data import load_test
+    from digits.sources import ensure_mnist
+
+    root = _root(data_dir)
+    ensure_mnist(root, log=log)
+    return load_test(root)
 
 
 def _models(choice: Enum) -> list[str]:
@@ -116,7 +85,7 @@ def _models(choice: Enum) -> list[str]:
 
 # --------------------------------------------------------------------------- data
 @app.command()
-@_guard
+@guard
 def data(
     data_dir: DataDir = None,
     source: Annotated[Source, typer.Option(help="Where to get MNIST: auto tries files already "
@@ -126,10 +95,10 @@ def data(
     """Fetch MNIST (or verify what is already there) into DATA_DIR/MNIST/raw."""
     from digits.sources import fetch_mnist
 
-    report = fetch_mnist(_root(data_dir), source.value, log=_log)
+    report = fetch_mnist(_root(data_dir), source.value, log=log)
     if as_json:
-        return _emit_json(vars(report))
-    t = _table(f"MNIST in {report.root} (source: {report.source})", "file", ">bytes", "sha256")
+        return emit_json(vars(report))
+    t = table(f"MNIST in {report.root} (source: {report.source})", "file", ">bytes", "sha256")
     for name, f in report.files.items():
         t.add_row(name, f"{f['bytes']:,}", f["sha256"][:16] + "...")
     out.print(t)
@@ -137,13 +106,13 @@ def data(
 
 # --------------------------------------------------------------------------- models
 @app.command()
-@_guard
+@guard
 def models(as_json: JsonFlag = False):
     """List the registered models with parameter and MAC counts."""
     infos = [model_info(n).to_dict() for n in list_models()]
     if as_json:
-        return _emit_json(infos)
-    t = _table("digits models", "name", "~description", ">params", ">MACs/image", "input", "normalization")
+        return emit_json(infos)
+    t = table("digits models", "name", "~description", ">params", ">MACs/image", "input", "normalization")
     for i in infos:
         t.add_row(i["name"], i["description"], f"{i['params']:,}", f"{i['macs']:,}",
                   "x".join(map(str, i["input_shape"])), f"({i['mean']}, {i['std']})")
@@ -152,7 +121,7 @@ def models(as_json: JsonFlag = False):
 
 # --------------------------------------------------------------------------- train
 @app.command()
-@_guard
+@guard
 def train(
     model: Annotated[ModelChoice, typer.Argument(help="Model to train, or all.")],
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: from the recipe).", show_default=False)] = None,
@@ -178,18 +147,18 @@ def train(
     cfgs = [resolve_config(n, recipe.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                            augment=augment, device=device.value, threads=threads) for n in names]
     root = _root(data_dir)
-    ensure_mnist(root, log=_log)
+    ensure_mnist(root, log=log)
     splits = load_splits(root, seed=seed)
     results = []
-    with _train_progress() as progress:
+    with train_progress() as progress:
         for cfg in cfgs:
             task = progress.add_task(cfg.model, total=None, epoch="-", loss=float("nan"), val="-")
             results.append(train_one(cfg, splits, out_dir, resume=resume,
-                                     on_progress=functools.partial(_advance, progress, task)))
+                                     on_progress=functools.partial(advance, progress, task)))
     dicts = [{k: v for k, v in r.to_dict().items() if k != "history"} for r in results]
     if as_json:
-        return _emit_json(dicts if model.value == "all" else dicts[0])
-    t = _table("Training summary", "model", ">epochs", ">params", ">val acc", ">test acc", ">best epoch", ">train s")
+        return emit_json(dicts if model.value == "all" else dicts[0])
+    t = table("Training summary", "model", ">epochs", ">params", ">val acc", ">test acc", ">best epoch", ">train s")
     for r in results:
         t.add_row(r.model, str(r.epochs), f"{r.params:,}", f"{r.val_accuracy:.2%}", f"{r.test_accuracy:.2%}",
                   str(r.best_epoch), f"{r.train_seconds:.1f}")
@@ -203,7 +172,7 @@ CheckpointDir = Annotated[Path, typer.Option("--checkpoint", help="Folder `digit
 
 
 @app.command()
-@_guard
+@guard
 def export(
     model: Annotated[ModelChoice, typer.Argument(help="Model to export, or all.")] = ModelChoice["all"],
     fmt: Annotated[FormatChoice, typer.Option("--format", help="Artifact format, or all.")] = FormatChoice["onnx"],
@@ -214,14 +183,10 @@ def export(
     as_json: JsonFlag = False,
 ):
     """Export checkpoints and prove each artifact equals PyTorch on the full test set."""
-    from digits.data import load_test
     from digits.export import export_model, list_formats
-    from digits.sources import ensure_mnist
 
     formats = list_formats() if fmt.value == "all" else [fmt.value]
-    root = _root(data_dir)
-    ensure_mnist(root, log=_log)
-    x, y = load_test(root)
+    x, y = _test_set(data_dir)
     records = []
     with err.status("exporting") as status:
         for name in _models(model):
@@ -232,7 +197,7 @@ def export(
 
 
 @app.command()
-@_guard
+@guard
 def verify(
     target: Annotated[Path, typer.Argument(help="An artifact file, a model folder, or an artifacts folder.")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint root (default: the artifact's own folder).", show_default=False)] = None,
@@ -240,13 +205,9 @@ def verify(
     as_json: JsonFlag = False,
 ):
     """Re-run the parity check on existing artifacts (e.g. after copying them elsewhere)."""
-    from digits.data import load_test
     from digits.export import verify_path
-    from digits.sources import ensure_mnist
 
-    root = _root(data_dir)
-    ensure_mnist(root, log=_log)
-    x, y = load_test(root)
+    x, y = _test_set(data_dir)
     _finish_parity(verify_path(target, x, y, checkpoint=checkpoint), as_json, "Verification")
 
 
@@ -263,7 +224,7 @@ def _csv(value: str, what: str, convert=str) -> list:
 
 
 @app.command()
-@_guard
+@guard
 def bench(
     models_: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = ",".join(list_models()),
     backends: Annotated[str | None, typer.Option(help="Comma-separated backends (default: eager,torchscript,onnxruntime,pt2; also: compile).", show_default=False)] = None,
@@ -281,10 +242,8 @@ def bench(
 ):
     """Measure accuracy, latency and throughput for models x backends x batch sizes."""
     from digits.bench.backends import create_backend, list_backends
-    from digits.bench.report import table, write_report
+    from digits.bench.report import table as bench_table, write_report
     from digits.bench.runner import BenchConfig, run_bench
-    from digits.data import load_test
-    from digits.sources import ensure_mnist
     from digits.train import resolve_device
 
     cfg = BenchConfig(models=_csv(models_, "models"), batch_sizes=_csv(batch_sizes, "batch-sizes", int),
@@ -292,9 +251,7 @@ def bench(
                       device=resolve_device(device.value).type, threads=threads, warmup=warmup, min_time=min_time, rounds=rounds,
                       checkpoint=str(checkpoint), artifacts=str(artifacts))
     cfg.validate()
-    root = _root(data_dir)
-    ensure_mnist(root, log=_log)
-    x, y = load_test(root)
+    x, y = _test_set(data_dir)
     total = len(cfg.models) * len(cfg.backends) * len(cfg.batch_sizes)
     with err.status(f"benchmarking {total} cells") as status:
         done = []
@@ -305,20 +262,20 @@ def bench(
         report = run_bench(cfg, x, y, on_record=progress)
     paths = write_report(report, out_dir)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
     else:
-        out.print(table(report))
+        out.print(bench_table(report))
         out.print("Wrote " + ", ".join(str(p) for p in paths), highlight=False)
     errors = [r for r in report["records"] if r["error"]]
     if errors and len(errors) == len(report["records"]):
         raise DigitsError(f"Every cell failed; the first error: {errors[0]['error']}")
     for e in errors[:3]:
-        _log(f"{e['model']}/{e['backend']}/batch {e['batch_size']} failed: {e['error']}")
+        log(f"{e['model']}/{e['backend']}/batch {e['batch_size']} failed: {e['error']}")
 
 
 # --------------------------------------------------------------------------- predict
 @app.command()
-@_guard
+@guard
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or directories (a directory is one batch).")],
     model: Annotated[ModelOnly, typer.Option(help="Model to use.")] = ModelOnly["lenet5"],
@@ -336,11 +293,11 @@ def predict(
 
     create_backend(backend)  # unknown backend: exit 2 with the choices
     results = predict_files(inputs, model=model.value, backend=backend, checkpoint=checkpoint, artifacts=artifacts,
-                            data_root=_root(data_dir), save_preprocessed=save_preprocessed, log=_log)
+                            data_root=_root(data_dir), save_preprocessed=save_preprocessed, log=log)
     if as_json:
-        _emit_json(results)
+        emit_json(results)
     else:
-        t = _table(f"{model.value} via {backend}", "~image", ">digit", "~top-k probabilities")
+        t = table(f"{model.value} via {backend}", "~image", ">digit", "~top-k probabilities")
         for r in results:
             if "error" in r:
                 t.add_row(r["path"], "[red]-[/]", f"[red]{r['error'].removeprefix(r['path'] + ': ')}[/]")
@@ -356,7 +313,7 @@ def predict(
 
 # --------------------------------------------------------------------------- report
 @app.command()
-@_guard
+@guard
 def report(
     checkpoint: CheckpointDir = Path("artifacts"),
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
@@ -366,16 +323,13 @@ def report(
     as_json: JsonFlag = False,
 ):
     """Build results/REPORT.md: summary, training curves, confusion matrices, mistakes, speed."""
-    from digits.data import load_test
     from digits.report import build_report
-    from digits.sources import ensure_mnist
 
-    root = _root(data_dir)
-    ensure_mnist(root, log=_log)
+    x, y = _test_set(data_dir)
     with err.status("building the report"):
-        paths = build_report(*load_test(root), checkpoint=checkpoint, artifacts=artifacts, results=results, html_too=html_too)
+        paths = build_report(x, y, checkpoint=checkpoint, artifacts=artifacts, results=results, html_too=html_too)
     if as_json:
-        _emit_json(paths)
+        emit_json(paths)
     else:
         out.print(f"Wrote {paths['markdown']}" + (f" and {paths['html']}" if "html" in paths else "")
                   + f" with {len(paths['figures'])} figures.", highlight=False)
@@ -383,7 +337,7 @@ def report(
 
 # --------------------------------------------------------------------------- run
 @app.command()
-@_guard
+@guard
 def run(
     force: Annotated[bool, typer.Option("--force", help="Redo every stage, even those already done and verified.")] = False,
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Checkpoints and exports folder.")] = Path("artifacts"),
@@ -403,25 +357,25 @@ def run(
             err.rule(f"[bold]stage {index}/{len(STAGES)}: {name}[/] ({detail})")
 
         def train_progress(self, model):
-            progress = _train_progress()
+            progress = train_progress()
             progress.start()
             task = progress.add_task(model, total=None, epoch="-", loss=float("nan"), val="-")
 
             def update(p):
-                _advance(progress, task, p)
+                advance(progress, task, p)
                 if p.val_accuracy is not None and p.epoch == p.epochs:
                     progress.stop()
             return update
 
         def log(self, message):
-            _log(message)
+            log(message)
 
     res = run_all(RunConfig(data_root=_root(data_dir), artifacts=artifacts, results=results, force=force), CliHooks())
     rows = summary_rows(res)
     if as_json:
-        return _emit_json({"stages": res.done, "models": rows, "report": res.report,
+        return emit_json({"stages": res.done, "models": rows, "report": res.report,
                            "seconds": round(time.perf_counter() - t0, 1)})
-    t = _table("digits run: summary", "model", ">params", ">MACs", ">test acc", ">ONNX acc", ">b1 p50",
+    t = table("digits run: summary", "model", ">params", ">MACs", ">test acc", ">ONNX acc", ">b1 p50",
                ">b256 p50", ">b256 img/s")
     for r in rows:
         t.add_row(r["model"], f"{r['params'] / 1e3:,.0f}k", f"{r['macs'] / 1e6:.2f}M", f"{r['test_accuracy']:.2%}",
@@ -437,18 +391,14 @@ def run(
               + f"; finished in {time.perf_counter() - t0:.0f} s", highlight=False)
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
-
-
 def _finish_parity(records: list[dict], as_json: bool, title: str) -> None:
     if as_json:
-        _emit_json(records)
+        emit_json(records)
     else:
-        t = _table(f"{title}: parity with eager PyTorch on {records[0]['images']:,} test images",
+        t = table(f"{title}: parity with eager PyTorch on {records[0]['images']:,} test images",
                    "model", "format", ">size", "sha256", ">max|diff|", ">agree", ">accuracy", "result")
         for r in records:
-            t.add_row(r["model"], r["format"] + ("*" if r.get("legacy") else ""), _size(r["bytes"]), r["sha256"][:8],
+            t.add_row(r["model"], r["format"] + ("*" if r.get("legacy") else ""), size(r["bytes"]), r["sha256"][:8],
                       f"{r['max_abs_diff']:.1e}", f"{r['argmax_agreement']:.2%}", f"{r['accuracy']:.2%}",
                       "[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]")
         if any(r.get("legacy") for r in records):
@@ -458,28 +408,6 @@ def _finish_parity(records: list[dict], as_json: bool, title: str) -> None:
     if failed:
         raise DigitsError(f"Parity failed for {', '.join(failed)}: an artifact must have max_abs_diff <= 1e-4 "
                           "and agree with eager on every prediction (figures above).")
-
-
-def _train_progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description:<7}"), TextColumn("epoch {task.fields[epoch]}"),
-                    BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-                    TextColumn("val {task.fields[val]}"), TimeRemainingColumn(), console=err,
-                    transient=False)
-
-
-def _advance(progress, task, p) -> None:
-    fields = {"epoch": f"{p.epoch}/{p.epochs}", "loss": p.loss}
-    if p.val_accuracy is not None:
-        fields["val"] = f"{p.val_accuracy:.2%}"
-    progress.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step, **fields)
 
 
 def main() -> None:  # pragma: no cover

@@ -81,7 +81,7 @@ def _bench_ok(results: Path, exports_mtime: float, backends: list[str]) -> dict 
     return report if all((m, b) in have for m in list_models() for b in backends) else None
 
 
-def run_all(cfg: RunConfig, hooks: Hooks = Hooks()) -> RunResult:
+def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
     from digits.bench.backends import create_backend, list_backends
     from digits.bench.runner import BenchConfig, run_bench
     from digits.bench.report import write_report
@@ -91,6 +91,7 @@ def run_all(cfg: RunConfig, hooks: Hooks = Hooks()) -> RunResult:
     from digits.sources import ensure_mnist
     from digits.train import resolve_config, train
 
+    hooks = hooks or Hooks()
     res = RunResult()
     stage = STAGES[0]
     try:
