@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from digits.bench.backends import Backend, create_backend, list_backends
-from digits.bench.timing import Timing, harness_overhead_ms, measure, peak_gflops
+from digits.bench.timing import Timing, fp32_matmul, harness_overhead_ms, matmul_probe, measure, peak_gflops
 from digits.checkpoint import versions
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models, model_info
@@ -108,7 +108,7 @@ def environment(cfg: BenchConfig) -> dict:
         "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "device": cfg.device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
         **versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-        "peak_gflops": peak_gflops(cfg.device),
+        "peak_gflops": None,  # filled by run_bench from probes interleaved with the cells
         "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
         "config": asdict(cfg),
     }
@@ -156,7 +156,15 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 except Exception as e:  # noqa: BLE001
                     rec.error = _reason(e)
     timings: dict[int, Timing] = {}
+    probe, flops, cuda = matmul_probe(cfg.device)
+    peak: Timing | None = None
     for round_ in range(cfg.rounds):
+        # The matmul peak is probed in every round too, so a machine that speeds up or slows
+        # down during the sweep moves numerator and denominator of `efficiency` together.
+        with fp32_matmul():
+            t = measure(probe, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds), min_time=0.0,
+                        cuda_events=cuda)
+        peak = peak.extend(t) if peak else t
         for rec, backend, prepared in cells:
             if rec.error:
                 continue
@@ -168,6 +176,7 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 rec.error = _reason(e)
                 continue
             timings[id(rec)] = timings[id(rec)].extend(t) if round_ else t
+    env["peak_gflops"] = peak_gflops(cfg.device, timing=peak)
     for rec in records:
         if (t := timings.get(id(rec))) and not rec.error:
             for k, v in t.to_dict().items():

@@ -9,6 +9,7 @@ on CUDA. Statistics come from the raw samples in :func:`summarize`, and nowhere 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import statistics
@@ -116,23 +117,33 @@ def harness_overhead_ms(cuda_events: bool = False) -> float:
     return measure(lambda: None, warmup=100, min_iters=2000, min_time=0.1, cuda_events=cuda_events).stats.p50_ms
 
 
-def peak_gflops(device: str = "cpu", n: int = 2048, repeats: int = 15) -> float:
-    """This machine's FP32 matrix-multiply rate: median over ``repeats`` large ``torch.mm``.
-
-    Uses the current ``torch.get_num_threads()``, so set threads first. On CUDA, TF32 is
-    disabled for the measurement so the figure is true FP32.
-    """
+def matmul_probe(device: str = "cpu", n: int = 2048):
+    """``(call, flops, cuda_events)`` for one large FP32 ``torch.mm`` on ``device``."""
     dev = torch.device(device)
     a = torch.randn(n, n, device=dev)
     b = torch.randn(n, n, device=dev)
-    flops = 2 * n ** 3
-    if dev.type == "cuda":
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            t = measure(lambda: torch.mm(a, b), warmup=3, min_iters=repeats, min_time=0.0, cuda_events=True)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = old
-    else:
-        t = measure(lambda: torch.mm(a, b), warmup=2, min_iters=repeats, min_time=0.0)
-    return flops / (t.stats.p50_ms / 1e3) / 1e9
+    return (lambda: torch.mm(a, b)), 2 * n ** 3, dev.type == "cuda"
+
+
+def peak_gflops(device: str = "cpu", n: int = 2048, repeats: int = 15, timing: Timing | None = None) -> float:
+    """This machine's FP32 matrix-multiply rate: the median of ``repeats`` large ``torch.mm``.
+
+    Uses the current ``torch.get_num_threads()``, so set threads first. On CUDA, TF32 is
+    disabled so the figure is true FP32. Pass ``timing`` (samples of the probe taken
+    elsewhere, e.g. interleaved with a sweep) to derive the rate from those instead.
+    """
+    call, flops, cuda = matmul_probe(device, n)
+    if timing is None:
+        with fp32_matmul():
+            timing = measure(call, warmup=2, min_iters=repeats, min_time=0.0, cuda_events=cuda)
+    return flops / (timing.stats.p50_ms / 1e3) / 1e9
+
+
+@contextlib.contextmanager
+def fp32_matmul():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
