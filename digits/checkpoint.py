@@ -23,7 +23,6 @@ from digits.errors import DigitsError
 from digits.models import create_model
 
 WEIGHTS, MANIFEST, RESUME = "model.safetensors", "manifest.json", "resume.pt"
-DEFAULT_ARTIFACTS = Path("artifacts")
 
 
 def versions() -> dict:

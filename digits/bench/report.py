@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from rich.table import Table
@@ -147,6 +146,3 @@ def _save(fig, path: Path) -> Path:
         fig.savefig(tmp, dpi=120, format="png")
     return path
 
-
-def load_report(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -7,7 +7,6 @@ machine's own FP32 matmul peak, measured in the same run.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,8 @@ import torch
 
 from digits.bench.backends import Backend, create_backend, list_backends
 from digits.bench.timing import Timing, fp32_matmul, harness_overhead_ms, matmul_probe, measure, peak_gflops
-from digits.checkpoint import versions
+from digits.checkpoint import now_iso
+from digits.export import runtime_versions
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models, model_info
 
@@ -99,15 +99,12 @@ def cpu_name() -> str:
 
 
 def environment(cfg: BenchConfig) -> dict:
-    import onnx
-    import onnxruntime
-
     cuda = cfg.device == "cuda"
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": now_iso(),
         "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "device": cfg.device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
-        **versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        **runtime_versions(),
         "peak_gflops": None,  # filled by run_bench from probes interleaved with the cells
         "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
         "config": asdict(cfg),

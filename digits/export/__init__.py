@@ -24,10 +24,11 @@ from digits.export.onnx import DEFAULT_OPSET
 from digits.export.parity import Parity, check_parity
 
 EXPORTS = "exports.json"
-__all__ = ["DEFAULT_OPSET", "EXPORTS", "export_model", "list_formats", "load_artifact", "verify_path"]
+__all__ = ["DEFAULT_OPSET", "EXPORTS", "runtime_versions", "export_model", "list_formats", "load_artifact", "verify_path"]
 
 
-def _versions() -> dict:
+def runtime_versions() -> dict:
+    """Library versions recorded with every export and bench run."""
     import onnx
     import onnxruntime
 
@@ -67,7 +68,7 @@ def export_model(model: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
     parity = check_parity(exporter.load(path), eager, x, y)
     entry = {"format": fmt, "file": exporter.filename, "sha256": sha256_file(path), "bytes": path.stat().st_size,
              "legacy": exporter.legacy, **extra, **parity.to_dict(),
-             "checkpoint_sha256": ckpt["weights_sha256"], "versions": _versions(), "created": now_iso()}
+             "checkpoint_sha256": ckpt["weights_sha256"], "versions": runtime_versions(), "created": now_iso()}
     manifest = read_exports(folder)
     manifest.update({"model": model})
     manifest["formats"][fmt] = entry
