@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench bench-train fixture clean
+.PHONY: setup run test lint bench bench-train fixture clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check digits tests scripts
 
 # pytest-benchmark suite (also run once, untimed, by `make test`).
 bench: setup

@@ -128,7 +128,8 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: recipe).", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: recipe).", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed for init, data order, augmentation and the val split.")] = 0,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Random affine augmentation (default: recipe).", show_default=False)] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", show_default=False,
+                                                 help="Random affine augmentation (default: recipe).")] = None,
     recipe: Annotated[Recipe, typer.Option(help="default: tuned for accuracy; fast: a few seconds.")] = Recipe.default,
     device: Annotated[Device, typer.Option(help="auto picks cuda when available.")] = Device.auto,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).", show_default=False)] = None,
@@ -200,7 +201,8 @@ def export(
 @guard
 def verify(
     target: Annotated[Path, typer.Argument(help="An artifact file, a model folder, or an artifacts folder.")],
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint root (default: the artifact's own folder).", show_default=False)] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", show_default=False,
+                                                    help="Checkpoint root (default: the artifact's own folder).")] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ):
@@ -227,10 +229,12 @@ def _csv(value: str, what: str, convert=str) -> list:
 @guard
 def bench(
     models_: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = ",".join(list_models()),
-    backends: Annotated[str | None, typer.Option(help="Comma-separated backends (default: eager,torchscript,onnxruntime,pt2; also: compile).", show_default=False)] = None,
+    backends: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated backends "
+                                                 "(default: eager,torchscript,onnxruntime,pt2; also: compile).")] = None,
     device: Annotated[Device, typer.Option(help="cpu or cuda (auto picks cuda when available).")] = Device.cpu,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,128,256",
-    threads: Annotated[int | None, typer.Option(help="Threads for torch and onnxruntime (default: all cores).", show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(show_default=False,
+                                                help="Threads for torch and onnxruntime (default: all cores).")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up calls per cell, after the first call.")] = 10,
     min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell (all rounds).")] = 0.5,
     rounds: Annotated[int, typer.Option(help="Interleaved passes over all cells; samples are pooled.")] = 5,
@@ -247,7 +251,8 @@ def bench(
     from digits.train import resolve_device
 
     cfg = BenchConfig(models=_csv(models_, "models"), batch_sizes=_csv(batch_sizes, "batch-sizes", int),
-                      backends=_csv(backends, "backends") if backends else [b for b in list_backends() if create_backend(b).default],
+                      backends=(_csv(backends, "backends") if backends
+                                else [b for b in list_backends() if create_backend(b).default]),
                       device=resolve_device(device.value).type, threads=threads, warmup=warmup, min_time=min_time, rounds=rounds,
                       checkpoint=str(checkpoint), artifacts=str(artifacts))
     cfg.validate()
@@ -283,7 +288,8 @@ def predict(
     top: Annotated[int, typer.Option("--top-k", min=1, max=10, help="How many classes to show per image.")] = 3,
     checkpoint: CheckpointDir = Path("artifacts"),
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
-    save_preprocessed: Annotated[Path | None, typer.Option(help="Write the 28x28 images the model saw here.", show_default=False)] = None,
+    save_preprocessed: Annotated[Path | None, typer.Option(show_default=False,
+                                                           help="Write the 28x28 images the model saw here.")] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ):

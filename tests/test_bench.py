@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from digits.bench.backends import create_backend, list_backends
-from digits.bench.report import COLUMNS, fastest, to_csv, to_markdown
+from digits.bench.report import COLUMNS, compare, fastest, to_csv, to_markdown
 from digits.bench.runner import BenchConfig, Record, efficiency, run_bench
 from digits.bench.timing import measure, percentile, summarize
 from digits.checkpoint import load_checkpoint
@@ -52,6 +52,21 @@ def test_measure_runs_at_least_min_time():
     assert sum(t.samples_ms) >= 45 and t.stats.p50_ms >= 2
 
 
+def _cell(backend, batch, p50, error=None):
+    return {"model": "lenet5", "backend": backend, "device": "cpu", "batch_size": batch, "p50_ms": p50,
+            "error": error}
+
+
+def test_compare_matches_cells_and_applies_the_tolerance():
+    before = {"records": [_cell("eager", 1, 0.100), _cell("eager", 8, 0.200), _cell("pt2", 1, 0.5),
+                          _cell("onnxruntime", 1, None, "boom")]}
+    after = {"records": [_cell("eager", 8, 0.230), _cell("eager", 1, 0.109), _cell("onnxruntime", 1, 0.02)]}
+    rows = {(r["backend"], r["batch_size"]): r for r in compare(before, after, tolerance=0.10)}
+    assert set(rows) == {("eager", 1), ("eager", 8)}  # unmatched and failed cells are left out
+    assert rows["eager", 1]["change"] == pytest.approx(0.09) and rows["eager", 1]["within"]
+    assert rows["eager", 8]["change"] == pytest.approx(0.15) and not rows["eager", 8]["within"]
+
+
 def test_efficiency_arithmetic():
     # 1,000 images/s x 2 FLOP/MAC x 500,000 MACs = 1 GFLOP/s, on a 4 GFLOP/s machine: 25%.
     assert efficiency(1000, 500_000, 4.0) == pytest.approx(0.25)
@@ -68,6 +83,12 @@ def test_backend_logits_equal_eager(exported, trained, test_set, backend, model)
     x = test_set[0][:64]
     with torch.inference_mode():
         assert torch.allclose(b(x), eager(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("model,optimized", [("mlp", False), ("cnn", True), ("lenet5", True)])
+def test_torchscript_optimizes_only_conv_graphs(exported, trained, model, optimized):
+    b = create_backend("torchscript").load(model, "cpu", checkpoint=trained, artifacts=trained)
+    assert b.settings == {"optimize_for_inference": optimized}
 
 
 def test_unknown_backend_lists_choices():

@@ -72,7 +72,8 @@ def test_tampered_artifact_is_refused(exported, tmp_path):
     assert str(path) in str(e.value)
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(2, 28, 28), torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 28, 28, dtype=torch.float64)])
+@pytest.mark.parametrize("bad", [torch.zeros(2, 28, 28), torch.zeros(2, 1, 32, 32),
+                                 torch.zeros(2, 1, 28, 28, dtype=torch.float64)])
 def test_wrong_input_to_onnx_names_the_contract(exported, bad):
     run = load_artifact(exported[("lenet5", "onnx")]["path"])
     with pytest.raises(DigitsError, match=r"\[N,1,28,28\]") as e:

@@ -75,6 +75,28 @@ def fastest(records: list[dict]) -> set[tuple]:
     return {(m, b, r["backend"]) for (m, b), r in best.items()}
 
 
+def compare(before: dict, after: dict, tolerance: float = 0.10) -> list[dict]:
+    """Per-cell p50 change between two bench reports (repeatability, or a change's effect).
+
+    Cells are matched on (model, backend, device, batch_size); a cell missing or failed in
+    either report is left out. ``within`` says whether ``|after / before - 1| <= tolerance``.
+    """
+    def key(r):
+        return r["model"], r["backend"], r["device"], r["batch_size"]
+
+    old = {key(r): r for r in before["records"] if r["error"] is None}
+    rows = []
+    for r in after["records"]:
+        o = old.get(key(r))
+        if o is None or r["error"] is not None:
+            continue
+        change = r["p50_ms"] / o["p50_ms"] - 1
+        rows.append({"model": r["model"], "backend": r["backend"], "device": r["device"],
+                     "batch_size": r["batch_size"], "before_p50_ms": o["p50_ms"], "after_p50_ms": r["p50_ms"],
+                     "change": change, "within": abs(change) <= tolerance})
+    return rows
+
+
 def table(report: dict) -> Table:
     env = report["environment"]
     t = Table(title=f"digits bench on {env['device_name']} ({env['device']}, {env['threads']} threads, "

@@ -48,7 +48,8 @@ def read_exports(folder: Path) -> dict:
 def _record(model: str, fmt: str, path: Path, entry: dict) -> dict:
     return {"model": model, "format": fmt, "path": str(path), **{k: entry[k] for k in (
         "sha256", "bytes", "max_abs_diff", "argmax_agreement", "accuracy", "passed")},
-        "eager_accuracy": entry["eager_accuracy"], "images": entry["images"], "opset": entry.get("opset"), "legacy": entry["legacy"]}
+        "eager_accuracy": entry["eager_accuracy"], "images": entry["images"], "opset": entry.get("opset"),
+        "legacy": entry["legacy"]}
 
 
 def export_model(model: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
