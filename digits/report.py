@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from digits._io import atomic_path, atomic_write
+from digits.bench.report import gemm_summary
 from digits.checkpoint import checkpoint_dir, load_checkpoint
 from digits.errors import DigitsError
 from digits.evaluate import Evaluation, evaluate_model
@@ -95,7 +96,7 @@ def build_report(x: torch.Tensor, y: torch.Tensor, *, checkpoint: Path, artifact
         blocks.append(("p", f"From {bench['_file']}. Fields are defined in results/README.md."))
         blocks += [("h2", "Environment"), ("table", ["item", "value"], [
             ["CPU", f"{env['cpu']} ({env['cores']} cores)"], ["threads", str(env["threads"])],
-            ["device", f"{env['device']} ({env['device_name']})"], ["peak FP32 matmul", f"{env['peak_gflops']:.1f} GFLOP/s"],
+            ["device", f"{env['device']} ({env['device_name']})"], ["FP32 matmul", gemm_summary(env)],
             ["versions", f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, "
                          f"python {env['python']}, digits {env['digits']}"], ["bench date", env["date"]]])]
     else:

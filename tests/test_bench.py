@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from digits.bench.backends import create_backend, list_backends
 from digits.bench.report import COLUMNS, compare, fastest, to_csv, to_markdown
 from digits.bench.runner import BenchConfig, Record, efficiency, run_bench
-from digits.bench.timing import measure, percentile, summarize
+from digits.bench.timing import measure, onnxruntime_matmul_probe, percentile, summarize
 from digits.checkpoint import load_checkpoint
 from digits.cli import app
 from digits.errors import DigitsError, UsageError
@@ -121,6 +121,16 @@ def test_record_schema(small_report):
                 "harness_overhead_ms"):
         assert key in env
     assert env["peak_gflops"] > 0.1
+    assert list(env["gemm_gflops"]) == ["torch.mm", "onnxruntime MatMul"]
+    assert env["gemm_gflops"]["torch.mm"] == env["peak_gflops"] and env["gemm_gflops"]["onnxruntime MatMul"] > 0.1
+
+
+def test_onnxruntime_matmul_probe_multiplies():
+    call, flops, cuda_events = onnxruntime_matmul_probe(threads=1, n=64)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((64, 64), dtype=np.float32) for _ in "ab")
+    np.testing.assert_allclose(call()[0], a @ b, rtol=1e-4, atol=1e-4)
+    assert flops == 2 * 64 ** 3 and cuda_events is False
 
 
 def test_onnxruntime_records_its_settings(small_report):

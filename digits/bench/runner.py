@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 from digits.bench.backends import Backend, create_backend, list_backends
-from digits.bench.timing import Timing, fp32_matmul, harness_overhead_ms, matmul_probe, measure, peak_gflops
+from digits.bench.timing import (Timing, fp32_matmul, gflops, harness_overhead_ms, matmul_probe, measure,
+                                 onnxruntime_matmul_probe)
 from digits.checkpoint import now_iso
 from digits.export import runtime_versions
 from digits.errors import DigitsError, UsageError
@@ -106,6 +107,7 @@ def environment(cfg: BenchConfig) -> dict:
         "device": cfg.device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
         **runtime_versions(),
         "peak_gflops": None,  # filled by run_bench from probes interleaved with the cells
+        "gemm_gflops": None,  # every GEMM probe's rate, torch.mm (= peak_gflops) first
         "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
         "config": asdict(cfg),
     }
@@ -153,15 +155,18 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 except Exception as e:  # noqa: BLE001
                     rec.error = _reason(e)
     timings: dict[int, Timing] = {}
-    probe, flops, cuda = matmul_probe(cfg.device)
-    peak: Timing | None = None
+    probes = {"torch.mm": matmul_probe(cfg.device)}  # the peak that `efficiency` divides by
+    if cfg.device == "cpu":
+        probes["onnxruntime MatMul"] = onnxruntime_matmul_probe(threads)
+    gemm: dict[str, Timing] = {}
     for round_ in range(cfg.rounds):
         # The matmul peak is probed in every round too, so a machine that speeds up or slows
         # down during the sweep moves numerator and denominator of `efficiency` together.
-        with fp32_matmul():
-            t = measure(probe, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds), min_time=0.0,
-                        cuda_events=cuda)
-        peak = peak.extend(t) if peak else t
+        for name, (call, _, cuda) in probes.items():
+            with fp32_matmul():
+                t = measure(call, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds), min_time=0.0,
+                            cuda_events=cuda)
+            gemm[name] = gemm[name].extend(t) if name in gemm else t
         for rec, backend, prepared in cells:
             if rec.error:
                 continue
@@ -173,7 +178,8 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 rec.error = _reason(e)
                 continue
             timings[id(rec)] = timings[id(rec)].extend(t) if round_ else t
-    env["peak_gflops"] = peak_gflops(cfg.device, timing=peak)
+    env["gemm_gflops"] = {name: gflops(probes[name][1], t) for name, t in gemm.items()}
+    env["peak_gflops"] = env["gemm_gflops"]["torch.mm"]
     for rec in records:
         if (t := timings.get(id(rec))) and not rec.error:
             for k, v in t.to_dict().items():

@@ -125,6 +125,33 @@ def matmul_probe(device: str = "cpu", n: int = 2048):
     return (lambda: torch.mm(a, b)), 2 * n ** 3, dev.type == "cuda"
 
 
+def onnxruntime_matmul_probe(threads: int, n: int = 2048):
+    """``(call, flops, False)`` for one large FP32 ``MatMul`` through onnxruntime's CPU provider.
+
+    A second opinion on the peak: torch.mm goes through MKL, which on AMD CPUs runs its
+    AVX2 kernels, while onnxruntime's MLAS uses AVX-512, so on the reference machine this
+    rate is about twice torch.mm's. Recorded beside ``peak_gflops``, never in its place.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", io[:2], io[2:])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+                                   .SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in "ab"}
+    return (lambda: session.run(None, feeds)), 2 * n ** 3, False
+
+
+def gflops(flops: int, timing: Timing) -> float:
+    return flops / (timing.stats.p50_ms / 1e3) / 1e9
+
+
 def peak_gflops(device: str = "cpu", n: int = 2048, repeats: int = 15, timing: Timing | None = None) -> float:
     """This machine's FP32 matrix-multiply rate: the median of ``repeats`` large ``torch.mm``.
 
@@ -136,7 +163,7 @@ def peak_gflops(device: str = "cpu", n: int = 2048, repeats: int = 15, timing: T
     if timing is None:
         with fp32_matmul():
             timing = measure(call, warmup=2, min_iters=repeats, min_time=0.0, cuda_events=cuda)
-    return flops / (timing.stats.p50_ms / 1e3) / 1e9
+    return gflops(flops, timing)
 
 
 @contextlib.contextmanager
