@@ -65,9 +65,9 @@ def to_markdown(report: dict) -> str:
 
 
 def gemm_summary(env: dict) -> str:
-    """'torch.mm 219 GFLOP/s (peak), onnxruntime MatMul 461 GFLOP/s' (older files: the peak alone)."""
+    """'peak (torch.mm) 219 GFLOP/s, onnxruntime MatMul 461 GFLOP/s' (older files: the peak alone)."""
     rates = env.get("gemm_gflops") or {"torch.mm": env["peak_gflops"]}
-    return ", ".join(f"{name} {rate:.0f} GFLOP/s" + (" (peak)" if name == "torch.mm" else "")
+    return ", ".join(f"{'peak (torch.mm)' if name == 'torch.mm' else name} {rate:.0f} GFLOP/s"
                      for name, rate in rates.items())
 
 
