@@ -274,8 +274,11 @@ def bench(
     errors = [r for r in report["records"] if r["error"]]
     if errors and len(errors) == len(report["records"]):
         raise DigitsError(f"Every cell failed; the first error: {errors[0]['error']}")
-    for e in errors[:3]:
-        log(f"{e['model']}/{e['backend']}/batch {e['batch_size']} failed: {e['error']}")
+    by_reason: dict[tuple, list[int]] = {}  # one line per model/backend/reason, not per batch size
+    for e in errors:
+        by_reason.setdefault((e["model"], e["backend"], e["error"]), []).append(e["batch_size"])
+    for (model, backend, reason), batches in by_reason.items():
+        log(f"{model}/{backend} failed at batch {','.join(map(str, batches))}: {reason}")
 
 
 # --------------------------------------------------------------------------- predict

@@ -210,6 +210,19 @@ def test_cli_missing_artifacts_says_export(trained, fixture_root, tmp_path):
     assert result.exit_code == 1 and "digits export" in result.output
 
 
+def test_cli_partial_failure_keeps_the_good_cells(trained, fixture_root, tmp_path):
+    art = tmp_path / "artifacts"
+    shutil.copytree(trained / "lenet5", art / "lenet5")
+    (art / "lenet5" / "model.pt2").unlink()
+    result = runner.invoke(app, ["bench", "--models", "lenet5", "--backends", "eager,pt2", "--batch-sizes", "1,2",
+                                 "--min-time", "0", "--warmup", "1", "--rounds", "1", "--checkpoint", str(art),
+                                 "--artifacts", str(art), "--out", str(tmp_path / "out"), "--data-dir", str(fixture_root)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("lenet5/pt2 failed at batch 1,2: ") == 1 and "digits export lenet5" in result.output
+    report = json.loads(next((tmp_path / "out").glob("bench-cpu-*.json")).read_text())
+    assert [r["error"] is None for r in report["records"]] == [True, True, False, False]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_sweep_times_on_the_gpu(exported, trained, test_set):
     cfg = BenchConfig(models=["lenet5"], backends=["eager", "pt2"], device="cuda", batch_sizes=[1, 64],

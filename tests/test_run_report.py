@@ -33,6 +33,7 @@ def test_run_skips_verified_stages_and_writes_the_report(fixture_root, workspace
     res = run_all(_cfg(fixture_root, workspace, tmp_path))
     assert res.done["train"].startswith("skipped") and res.done["export"].startswith("skipped")
     assert res.done["bench"] == "ran" and res.done["report"] == "ran"
+    assert res.done["data"] == "verified"  # the fixture holds a manifest: nothing fetched
     rows = summary_rows(res)
     assert [r["model"] for r in rows] == list_models()
     for r in rows:

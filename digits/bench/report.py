@@ -117,13 +117,15 @@ def table(report: dict) -> Table:
             t.add_section()
         last_model = r["model"]
         if r["error"]:
-            t.add_row(r["model"], str(r["batch_size"]), r["backend"], f"[red]error: {r['error'][:40]}[/]", "", "", "", "")
+            t.add_row(r["model"], str(r["batch_size"]), r["backend"], "[red]failed[/]", "", "", "", "")
             continue
         style = "bold green" if (r["model"], r["batch_size"], r["backend"]) in best else None
         t.add_row(r["model"], str(r["batch_size"]), r["backend"], f"{r['p50_ms'] * 1e3:,.1f}", f"{r['p99_ms'] * 1e3:,.1f}",
                   f"{r['throughput']:,.0f}", f"{r['efficiency']:.2f}", f"{r['accuracy']:.2%}", style=style)
     t.caption = ("bold green: fastest backend for that model and batch size (lowest p50); "
                  "eff: throughput x 2 x MACs / the torch.mm peak")
+    if any(r["error"] for r in report["records"]):
+        t.caption += "; red: the cell failed, its reason is in the record's error field and on stderr"
     return t
 
 
