@@ -247,7 +247,7 @@ def bench(
     """Measure accuracy, latency and throughput for models x backends x batch sizes."""
     from digits.bench.backends import create_backend, list_backends
     from digits.bench.report import table as bench_table, write_report
-    from digits.bench.runner import BenchConfig, run_bench
+    from digits.bench.runner import UNSTABLE_SPREAD, BenchConfig, run_bench
     from digits.train import resolve_device
 
     cfg = BenchConfig(models=_csv(models_, "models"), batch_sizes=_csv(batch_sizes, "batch-sizes", int),
@@ -274,6 +274,9 @@ def bench(
     errors = [r for r in report["records"] if r["error"]]
     if errors and len(errors) == len(report["records"]):
         raise DigitsError(f"Every cell failed; the first error: {errors[0]['error']}")
+    if (spread := report["environment"]["round_spread"]) is not None and spread > UNSTABLE_SPREAD:
+        log(f"Warning: this machine changed speed during the run (a cell's rounds differed by a median "
+            f"{spread:.0%}). Each p50 pools every round, but another run may not repeat these figures.")
     by_reason: dict[tuple, list[int]] = {}  # one line per model/backend/reason, not per batch size
     for e in errors:
         by_reason.setdefault((e["model"], e["backend"], e["error"]), []).append(e["batch_size"])

@@ -46,8 +46,11 @@ def main() -> int:
                   f"{r['after_p50_ms'] * 1e3:,.1f}", f"{r['change']:+.1%}", style=style)
     ok = sum(r["within"] for r in rows)
     median = statistics.median(abs(r["change"]) for r in rows)
+    envs = before["environment"], after["environment"]
+    spreads = " -> ".join("n/a" if e.get("round_spread") is None else f"{e['round_spread']:.1%}" for e in envs)
     t.caption = (f"{ok}/{len(rows)} cells within {args.tolerance:.0%}; median |change| {median:.1%}; "
-                 f"peak {before['environment']['peak_gflops']:.0f} -> {after['environment']['peak_gflops']:.0f} GFLOP/s")
+                 f"peak {envs[0]['peak_gflops']:.0f} -> {envs[1]['peak_gflops']:.0f} GFLOP/s; "
+                 f"round spread {spreads}")
     Console().print(t)
     return 0 if ok == len(rows) else 1
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from digits.bench.backends import create_backend, list_backends
 from digits.bench.report import COLUMNS, compare, fastest, to_csv, to_markdown
-from digits.bench.runner import BenchConfig, Record, efficiency, run_bench
+from digits.bench.runner import BenchConfig, Record, efficiency, round_spread, run_bench
 from digits.bench.timing import measure, onnxruntime_matmul_probe, percentile, summarize
 from digits.checkpoint import load_checkpoint
 from digits.cli import app
@@ -67,6 +67,15 @@ def test_compare_matches_cells_and_applies_the_tolerance():
     assert rows["eager", 8]["change"] == pytest.approx(0.15) and not rows["eager", 8]["within"]
 
 
+def test_round_spread_is_the_median_cell_spread():
+    def rec(rounds, error=None):
+        return Record(model="lenet5", backend="eager", device="cpu", batch_size=1, params=1, macs_per_image=1,
+                      round_p50_ms=rounds, error=error)
+    records = [rec([1.0, 1.1]), rec([2.0, 2.0, 2.0]), rec([1.0, 1.5]), rec([1.0, 9.0], error="boom"), rec([5.0])]
+    assert round_spread(records) == pytest.approx(0.10)  # median of 0.1, 0.0, 0.5; failed and 1-round cells skipped
+    assert round_spread([rec([3.0])]) is None
+
+
 def test_efficiency_arithmetic():
     # 1,000 images/s x 2 FLOP/MAC x 500,000 MACs = 1 GFLOP/s, on a 4 GFLOP/s machine: 25%.
     assert efficiency(1000, 500_000, 4.0) == pytest.approx(0.25)
@@ -112,6 +121,7 @@ def test_record_schema(small_report):
     for r in recs:
         assert r["error"] is None, r
         assert r["p50_ms"] > 0 and r["iterations"] == 4 and r["first_call_ms"] > 0  # 2 rounds x ceil(3/2)
+        assert len(r["round_p50_ms"]) == 2 and min(r["round_p50_ms"]) <= r["p50_ms"] <= max(r["round_p50_ms"])
         assert r["throughput"] == pytest.approx(r["batch_size"] / (r["p50_ms"] / 1e3))
         assert r["efficiency"] == pytest.approx(efficiency(r["throughput"], r["macs_per_image"],
                                                            small_report["environment"]["peak_gflops"]))
@@ -123,6 +133,7 @@ def test_record_schema(small_report):
     assert env["peak_gflops"] > 0.1
     assert list(env["gemm_gflops"]) == ["torch.mm", "onnxruntime MatMul"]
     assert env["gemm_gflops"]["torch.mm"] == env["peak_gflops"] and env["gemm_gflops"]["onnxruntime MatMul"] > 0.1
+    assert env["round_spread"] >= 0
 
 
 def test_onnxruntime_matmul_probe_multiplies():
@@ -221,6 +232,26 @@ def test_cli_partial_failure_keeps_the_good_cells(trained, fixture_root, tmp_pat
     assert result.output.count("lenet5/pt2 failed at batch 1,2: ") == 1 and "digits export lenet5" in result.output
     report = json.loads(next((tmp_path / "out").glob("bench-cpu-*.json")).read_text())
     assert [r["error"] is None for r in report["records"]] == [True, True, False, False]
+
+
+@pytest.mark.parametrize("spread,warns", [(0.35, True), (0.02, False), (None, False)])
+def test_cli_warns_when_the_machine_changed_speed(trained, fixture_root, tmp_path, monkeypatch, spread, warns):
+    import digits.bench.runner as runner_mod
+
+    real = runner_mod.run_bench
+
+    def with_spread(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report["environment"]["round_spread"] = spread
+        return report
+    monkeypatch.setattr(runner_mod, "run_bench", with_spread)
+    result = runner.invoke(app, ["bench", "--models", "lenet5", "--backends", "eager", "--batch-sizes", "1",
+                                 "--min-time", "0", "--warmup", "1", "--rounds", "2", "--checkpoint", str(trained),
+                                 "--artifacts", str(trained), "--out", str(tmp_path), "--data-dir", str(fixture_root)])
+    assert result.exit_code == 0, result.output
+    assert ("changed speed during the run" in result.output) == warns
+    if warns:
+        assert "35%" in result.output
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

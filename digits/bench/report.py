@@ -54,6 +54,7 @@ def to_markdown(report: dict) -> str:
              f"- CPU: {env['cpu']}, {env['cores']} cores, {env['threads']} threads",
              f"- torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, python {env['python']}",
              f"- FP32 matmul: {gemm_summary(env)}; timer overhead {env['harness_overhead_ms'] * 1e3:.2f} us",
+             f"- round spread (median over cells of slowest/fastest round p50 - 1): {_fmt(env.get('round_spread'), '.1%')}",
              "", "| model | backend | batch | p50 ms | p90 ms | p99 ms | first ms | img/s | accuracy | efficiency | error |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["records"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -81,12 +82,28 @@ class Record:
     threads: int | None = None
     provider: str | None = None
     settings: dict = field(default_factory=dict)
+    round_p50_ms: list[float] = field(default_factory=list)  # p50 of each interleaved round
     error: str | None = None
 
 
 def efficiency(throughput: float, macs_per_image: int, peak_gflops_: float) -> float:
     """Fraction of the machine's FP32 matmul peak that this throughput represents."""
     return throughput * 2 * macs_per_image / (peak_gflops_ * 1e9)
+
+
+UNSTABLE_SPREAD = 0.10  # above this round_spread, the CLI warns that the figures may not repeat
+
+
+def round_spread(records: list[Record]) -> float | None:
+    """Median over cells of (slowest round's p50 / fastest round's p50 - 1).
+
+    Near 0 when the machine kept its speed through the sweep. A large value means it
+    changed speed mid-run (a throttling laptop, a shared VM's slow spell), so another run
+    is unlikely to repeat these figures. None with a single round.
+    """
+    spreads = [max(r.round_p50_ms) / min(r.round_p50_ms) - 1 for r in records
+               if not r.error and len(r.round_p50_ms) > 1]
+    return statistics.median(spreads) if spreads else None
 
 
 def cpu_name() -> str:
@@ -108,6 +125,7 @@ def environment(cfg: BenchConfig) -> dict:
         **runtime_versions(),
         "peak_gflops": None,  # filled by run_bench from probes interleaved with the cells
         "gemm_gflops": None,  # every GEMM probe's rate, torch.mm (= peak_gflops) first
+        "round_spread": None,  # how much the machine's speed moved between rounds
         "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
         "config": asdict(cfg),
     }
@@ -178,7 +196,9 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 rec.error = _reason(e)
                 continue
             timings[id(rec)] = timings[id(rec)].extend(t) if round_ else t
+            rec.round_p50_ms.append(t.stats.p50_ms)
     env["gemm_gflops"] = {name: gflops(probes[name][1], t) for name, t in gemm.items()}
+    env["round_spread"] = round_spread(records)
     env["peak_gflops"] = env["gemm_gflops"]["torch.mm"]
     for rec in records:
         if (t := timings.get(id(rec))) and not rec.error:
