@@ -128,9 +128,9 @@ def matmul_probe(device: str = "cpu", n: int = 2048):
 def onnxruntime_matmul_probe(threads: int, n: int = 2048):
     """``(call, flops, False)`` for one large FP32 ``MatMul`` through onnxruntime's CPU provider.
 
-    A second opinion on the peak: torch.mm goes through MKL, which on AMD CPUs runs its
-    AVX2 kernels, while onnxruntime's MLAS uses AVX-512, so on the reference machine this
-    rate is about twice torch.mm's. Recorded beside ``peak_gflops``, never in its place.
+    A second opinion on the peak: on the reference machine (AMD Zen 5) onnxruntime's MLAS
+    runs AVX-512 at about twice the rate torch.mm gets from MKL. Recorded beside
+    ``peak_gflops``, never in its place.
     """
     import numpy as np
     import onnxruntime as ort
