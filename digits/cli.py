@@ -266,14 +266,15 @@ def bench(
             status.update(f"[{len(done)}/{total}] {r.model} {r.backend} batch {r.batch_size}")
         report = run_bench(cfg, x, y, on_record=progress)
     paths = write_report(report, out_dir)
+    errors = [r for r in report["records"] if r["error"]]
+    failed_all = bool(errors) and len(errors) == len(report["records"])
     if as_json:
         emit_json(report)
-    else:
+    elif not failed_all:  # a table of nothing but failures says less than the one error below
         out.print(bench_table(report))
         out.print("Wrote " + ", ".join(str(p) for p in paths), highlight=False)
-    errors = [r for r in report["records"] if r["error"]]
-    if errors and len(errors) == len(report["records"]):
-        raise DigitsError(f"Every cell failed; the first error: {errors[0]['error']}")
+    if failed_all:
+        raise DigitsError(f"Every cell failed (the records are in {paths[0]}); the first error: {errors[0]['error']}")
     if (spread := report["environment"]["round_spread"]) is not None and spread > UNSTABLE_SPREAD:
         log(f"Warning: this machine changed speed during the run (a cell's rounds differed by a median "
             f"{spread:.0%}). Each p50 pools every round, but another run may not repeat these figures.")

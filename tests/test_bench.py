@@ -219,6 +219,8 @@ def test_cli_missing_artifacts_says_export(trained, fixture_root, tmp_path):
                                  "--checkpoint", str(trained), "--artifacts", str(tmp_path / "none"),
                                  "--out", str(tmp_path), "--data-dir", str(fixture_root)])
     assert result.exit_code == 1 and "digits export" in result.output
+    assert "Every cell failed" in result.output and "fastest backend" not in result.output  # no table of failures
+    assert json.loads(next(tmp_path.glob("bench-cpu-*.json")).read_text())["records"][0]["error"]  # records kept
 
 
 def test_cli_partial_failure_keeps_the_good_cells(trained, fixture_root, tmp_path):
