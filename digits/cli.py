@@ -241,12 +241,14 @@ def bench(
     checkpoint: CheckpointDir = Path("artifacts"),
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench-<device>-<date>.{json,csv,md,png}.")] = Path("results"),
+    save_samples: Annotated[bool, typer.Option("--samples", help="Also write every timed call's latency to "
+                                               "bench-<device>-<date>-samples.json.gz.")] = False,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ):
     """Measure accuracy, latency and throughput for models x backends x batch sizes."""
     from digits.bench.backends import create_backend, list_backends
-    from digits.bench.report import table as bench_table, write_report
+    from digits.bench.report import table as bench_table, write_report, write_samples
     from digits.bench.runner import UNSTABLE_SPREAD, BenchConfig, run_bench
     from digits.train import resolve_device
 
@@ -264,8 +266,11 @@ def bench(
         def progress(r):
             done.append(r)
             status.update(f"[{len(done)}/{total}] {r.model} {r.backend} batch {r.batch_size}")
-        report = run_bench(cfg, x, y, on_record=progress)
+        samples: dict | None = {} if save_samples else None
+        report = run_bench(cfg, x, y, on_record=progress, samples=samples)
     paths = write_report(report, out_dir)
+    if samples:
+        paths.append(write_samples(report, samples, out_dir))
     errors = [r for r in report["records"] if r["error"]]
     failed_all = bool(errors) and len(errors) == len(report["records"])
     if as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import statistics
@@ -234,6 +235,22 @@ def test_cli_partial_failure_keeps_the_good_cells(trained, fixture_root, tmp_pat
     assert result.output.count("lenet5/pt2 failed at batch 1,2: ") == 1 and "digits export lenet5" in result.output
     report = json.loads(next((tmp_path / "out").glob("bench-cpu-*.json")).read_text())
     assert [r["error"] is None for r in report["records"]] == [True, True, False, False]
+
+
+def test_cli_samples_file_holds_the_raw_latencies(exported, trained, fixture_root, tmp_path):
+    result = runner.invoke(app, ["bench", "--models", "lenet5", "--backends", "eager,onnxruntime", "--batch-sizes",
+                                 "1,3", "--min-time", "0", "--warmup", "1", "--rounds", "2", "--samples",
+                                 "--checkpoint", str(trained), "--artifacts", str(trained), "--out", str(tmp_path),
+                                 "--data-dir", str(fixture_root)])
+    assert result.exit_code == 0, result.output
+    with gzip.open(next(tmp_path.glob("bench-cpu-*-samples.json.gz")), "rt") as f:
+        samples = json.load(f)["samples_ms"]
+    records = json.loads(next(tmp_path.glob("bench-cpu-????-??-??.json")).read_text())["records"]
+    assert len(samples) == len(records) == 4 and not any(r["error"] for r in records)
+    for r in records:  # every statistic is derived from exactly these samples
+        s = samples[f"lenet5/{r['backend']}/cpu/{r['batch_size']}"]
+        assert len(s) == r["iterations"] and statistics.median(s) == pytest.approx(r["p50_ms"])
+        assert statistics.fmean(s) == pytest.approx(r["mean_ms"])
 
 
 @pytest.mark.parametrize("spread,warns", [(0.35, True), (0.02, False), (None, False)])

@@ -7,7 +7,9 @@ The JSON file holds exactly the object ``digits bench --json`` prints:
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import json
 from pathlib import Path
 
 from rich.table import Table
@@ -33,6 +35,15 @@ def write_report(report: dict, out: Path) -> list[Path]:
              atomic_write(base.with_suffix(".md"), to_markdown(report))]
     paths += plot(report, out)
     return paths
+
+
+def write_samples(report: dict, samples: dict[str, list[float]], out: Path) -> Path:
+    """Every timed call's latency (ms, in call order, rounds concatenated) as gzipped JSON."""
+    path = out / f"{stem(report)}-samples.json.gz"
+    payload = {"environment": report["environment"], "samples_ms": samples}
+    with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
+        json.dump(payload, f)
+    return path
 
 
 def to_csv(records: list[dict]) -> str:

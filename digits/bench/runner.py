@@ -138,13 +138,14 @@ def accuracy(backend: Backend, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
 
 
 def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
-              on_record: Callable[[Record], None] = lambda r: None) -> dict:
+              on_record: Callable[[Record], None] = lambda r: None, samples: dict | None = None) -> dict:
     """Sweep every cell; returns ``{"environment": {...}, "records": [...]}``.
 
     Cells are timed in ``cfg.rounds`` interleaved passes (cell 1..N, then again), and each
     cell's samples are pooled. On a shared or throttling machine a slow spell then spreads
     over all cells instead of landing on whichever cell ran during it; two runs agree far
-    better than with one block per cell. Each round warms the cell up again.
+    better than with one block per cell. Each round warms the cell up again. Pass a dict
+    as ``samples`` to receive every cell's raw latencies, keyed "model/backend/device/batch".
     """
     cfg.validate()
     threads = cfg.threads or os.cpu_count() or 1
@@ -206,6 +207,8 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 setattr(rec, k, v)
             rec.throughput = rec.batch_size / (rec.p50_ms / 1e3)
             rec.efficiency = efficiency(rec.throughput, rec.macs_per_image, env["peak_gflops"])
+            if samples is not None:
+                samples[f"{rec.model}/{rec.backend}/{rec.device}/{rec.batch_size}"] = t.samples_ms
         on_record(rec)
     return {"environment": env, "records": [asdict(r) for r in records]}
 
