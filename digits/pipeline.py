@@ -85,7 +85,7 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
     from digits.bench.backends import create_backend, list_backends
     from digits.bench.runner import BenchConfig, run_bench
     from digits.bench.report import write_report
-    from digits.data import MANIFEST, load_splits, load_test, raw_dir
+    from digits.data import load_splits, load_test
     from digits.export import export_model, list_formats
     from digits.report import build_report
     from digits.sources import ensure_mnist
@@ -96,9 +96,7 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
     stage = STAGES[0]
     try:
         hooks.stage(stage, 1, "fetch or verify MNIST")
-        fetched = not (raw_dir(cfg.data_root) / MANIFEST).is_file()
-        ensure_mnist(cfg.data_root, log=hooks.log)
-        res.done[stage] = "fetched" if fetched else "verified"
+        res.done[stage] = "fetched" if ensure_mnist(cfg.data_root, log=hooks.log) else "verified"
 
         stage = "train"
         hooks.stage(stage, 2, "default recipes")

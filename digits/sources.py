@@ -237,12 +237,12 @@ def fetch_mnist(
     )
 
 
-def ensure_mnist(root: str | os.PathLike, log: Callable[[str], None] = lambda m: None) -> Path:
-    """Fetch MNIST only when ``root`` does not already hold verified files."""
+def ensure_mnist(root: str | os.PathLike, log: Callable[[str], None] = lambda m: None) -> bool:
+    """Fetch MNIST only when ``root`` does not already hold verified files; True if fetched."""
     dest = raw_dir(root)
     if (dest / MANIFEST).is_file():
         verify_manifest(dest)
-        return dest
+        return False
     fetch_mnist(root, "auto", log=log)
-    return dest
+    return True
 

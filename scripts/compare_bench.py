@@ -31,6 +31,8 @@ def main() -> int:
     try:
         before, after = (json.loads(p.read_text()) for p in (args.before, args.after))
         rows = compare(before, after, args.tolerance)
+        envs = before["environment"], after["environment"]
+        peaks = " -> ".join(f"{e['peak_gflops']:.0f}" for e in envs)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"Error: cannot compare {args.before} and {args.after}: {e!r}. Both must be JSON files "
               "written by `digits bench`.", file=sys.stderr)
@@ -46,11 +48,9 @@ def main() -> int:
                   f"{r['after_p50_ms'] * 1e3:,.1f}", f"{r['change']:+.1%}", style=style)
     ok = sum(r["within"] for r in rows)
     median = statistics.median(abs(r["change"]) for r in rows)
-    envs = before["environment"], after["environment"]
     spreads = " -> ".join("n/a" if e.get("round_spread") is None else f"{e['round_spread']:.1%}" for e in envs)
     t.caption = (f"{ok}/{len(rows)} cells within {args.tolerance:.0%}; median |change| {median:.1%}; "
-                 f"peak {envs[0]['peak_gflops']:.0f} -> {envs[1]['peak_gflops']:.0f} GFLOP/s; "
-                 f"round spread {spreads}")
+                 f"peak {peaks} GFLOP/s; round spread {spreads}")
     Console().print(t)
     return 0 if ok == len(rows) else 1
 

@@ -6,6 +6,7 @@ import gzip
 import json
 import shutil
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +76,26 @@ def test_round_spread_is_the_median_cell_spread():
     records = [rec([1.0, 1.1]), rec([2.0, 2.0, 2.0]), rec([1.0, 1.5]), rec([1.0, 9.0], error="boom"), rec([5.0])]
     assert round_spread(records) == pytest.approx(0.10)  # median of 0.1, 0.0, 0.5; failed and 1-round cells skipped
     assert round_spread([rec([3.0])]) is None
+
+
+@pytest.mark.parametrize("after_p50,code", [(0.105, 0), (0.2, 1), (None, 2)])
+def test_compare_script_exit_codes(tmp_path, after_p50, code):
+    import subprocess
+    import sys
+
+    def report(p50):
+        return {"environment": {"peak_gflops": 100.0, "round_spread": 0.01},
+                "records": [_cell("eager", 1, p50)] if p50 else []}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report(0.1)))
+    b.write_text(json.dumps(report(after_p50)) if after_p50 else "{}")
+    script = Path(__file__).parents[1] / "scripts" / "compare_bench.py"
+    done = subprocess.run([sys.executable, str(script), str(a), str(b)], capture_output=True, text=True)
+    assert done.returncode == code, done.stderr
+    if code == 2:
+        assert "written by `digits bench`" in done.stderr and "Traceback" not in done.stderr
+    else:
+        assert ("1/1 cells within 10%" if code == 0 else "0/1 cells within 10%") in done.stdout
 
 
 def test_efficiency_arithmetic():

@@ -118,7 +118,11 @@ def harness_overhead_ms(cuda_events: bool = False) -> float:
 
 
 def matmul_probe(device: str = "cpu", n: int = 2048):
-    """``(call, flops, cuda_events)`` for one large FP32 ``torch.mm`` on ``device``."""
+    """``(call, flops, cuda_events)`` for one large FP32 ``torch.mm`` on ``device``: the peak.
+
+    It runs on the current ``torch.get_num_threads()``, so set threads first; time it
+    inside :func:`fp32_matmul` so that CUDA's TF32 is off and the figure is true FP32.
+    """
     dev = torch.device(device)
     a = torch.randn(n, n, device=dev)
     b = torch.randn(n, n, device=dev)
@@ -149,21 +153,8 @@ def onnxruntime_matmul_probe(threads: int, n: int = 2048):
 
 
 def gflops(flops: int, timing: Timing) -> float:
+    """A probe's rate from its median call: ``peak_gflops`` is this for :func:`matmul_probe`."""
     return flops / (timing.stats.p50_ms / 1e3) / 1e9
-
-
-def peak_gflops(device: str = "cpu", n: int = 2048, repeats: int = 15, timing: Timing | None = None) -> float:
-    """This machine's FP32 matrix-multiply rate: the median of ``repeats`` large ``torch.mm``.
-
-    Uses the current ``torch.get_num_threads()``, so set threads first. On CUDA, TF32 is
-    disabled so the figure is true FP32. Pass ``timing`` (samples of the probe taken
-    elsewhere, e.g. interleaved with a sweep) to derive the rate from those instead.
-    """
-    call, flops, cuda = matmul_probe(device, n)
-    if timing is None:
-        with fp32_matmul():
-            timing = measure(call, warmup=2, min_iters=repeats, min_time=0.0, cuda_events=cuda)
-    return gflops(flops, timing)
 
 
 @contextlib.contextmanager
