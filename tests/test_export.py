@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -106,6 +107,17 @@ def test_truncated_artifact_is_a_clear_error(exported, tmp_path):
 def test_unsupported_opset_names_the_range(opset):
     with pytest.raises(UsageError, match="supports opsets 18 to"):
         check_opset(opset)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_export_is_byte_reproducible(exported, trained, test_set, tmp_path, fmt):
+    # The same checkpoint exported again gives the same bytes (and so the same sha256).
+    # Not asserted for TorchScript: torch.jit numbers its mangled class names per process,
+    # so a second export in one process differs (two `digits export` runs do not).
+    again = export_model("lenet5", fmt, test_set[0][:64], test_set[1][:64], checkpoint=trained, out=tmp_path)
+    assert again["sha256"] == exported[("lenet5", fmt)]["sha256"]
+    assert sorted(p.name for p in (tmp_path / "lenet5").iterdir()) == sorted([EXPORTS, Path(again["path"]).name])
+    assert Path(again["path"]).stat().st_mode & 0o044 == 0o044  # readable by others, as a plain write would be
 
 
 def test_missing_checkpoint_says_to_train(tmp_path, test_set):
