@@ -122,6 +122,14 @@ def test_torchscript_optimizes_only_conv_graphs(exported, trained, model, optimi
     assert b.settings == {"optimize_for_inference": optimized}
 
 
+def test_compile_never_falls_back_to_eager_silently(trained):
+    import torch._dynamo.config as dynamo
+
+    b = create_backend("compile").load("lenet5", "cpu", checkpoint=trained)  # compiles lazily: cheap
+    assert dynamo.fail_on_recompile_limit_hit and dynamo.recompile_limit >= 64
+    assert b.settings["fail_on_recompile_limit_hit"] is True
+
+
 def test_unknown_backend_lists_choices():
     with pytest.raises(UsageError, match="onnxruntime"):
         create_backend("tensorrt")

@@ -144,9 +144,18 @@ class Compile(Backend):
     default = False
 
     def _open(self, model, device, *, checkpoint, threads):
+        import torch._dynamo.config as dynamo
+
+        # Every model is an nn.Sequential, so all of them share one code object and one
+        # recompile budget (8): each model, batch size and accuracy chunk takes an entry,
+        # and past the budget dynamo silently runs eager, which would be reported as
+        # compile. Give the sweep room, and fail the cell rather than fall back.
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+        dynamo.fail_on_recompile_limit_hit = True
         eager = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(device).eval()
         self.module = torch.compile(eager, dynamic=False)
-        self.settings = {"torch_compile": "inductor, dynamic=False"}
+        self.settings = {"torch_compile": "inductor, dynamic=False", "recompile_limit": dynamo.recompile_limit,
+                         "fail_on_recompile_limit_hit": True}
 
 
 @register_backend
