@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from digits.bench.backends import create_backend, list_backends
+from digits.bench.backends import create_backend, list_backends, onnxruntime_matmul_probe
 from digits.bench.report import COLUMNS, compare, fastest, to_csv, to_markdown
 from digits.bench.runner import BenchConfig, Record, efficiency, round_spread, run_bench
-from digits.bench.timing import measure, onnxruntime_matmul_probe, percentile, summarize
+from digits.bench.timing import measure, percentile, summarize
 from digits.checkpoint import load_checkpoint
 from digits.cli import app
 from digits.errors import DigitsError, UsageError

@@ -199,3 +199,24 @@ class OnnxRuntime(Backend):
 
     def logits(self, binding) -> torch.Tensor:
         return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
+
+
+def onnxruntime_matmul_probe(threads: int, n: int = 2048):
+    """``(call, flops, False)`` for one large FP32 ``MatMul`` through onnxruntime's CPU provider.
+
+    A second opinion on the peak, in a session built exactly as the onnxruntime backend's:
+    on the reference machine (AMD Zen 5) onnxruntime's MLAS runs AVX-512 at about twice
+    the rate torch.mm gets from MKL. Recorded beside ``peak_gflops``, never in its place.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from digits.export.onnx import make_session
+
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", io[:2], io[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = make_session(model.SerializeToString(), "cpu", threads=threads)
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in "ab"}
+    return (lambda: session.run(None, feeds)), 2 * n ** 3, False

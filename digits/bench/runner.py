@@ -16,9 +16,8 @@ from typing import Callable
 
 import torch
 
-from digits.bench.backends import Backend, create_backend, list_backends
-from digits.bench.timing import (Timing, fp32_matmul, gflops, harness_overhead_ms, matmul_probe, measure,
-                                 onnxruntime_matmul_probe)
+from digits.bench.backends import Backend, create_backend, list_backends, onnxruntime_matmul_probe
+from digits.bench.timing import Timing, fp32_matmul, gflops, harness_overhead_ms, matmul_probe, measure
 from digits.checkpoint import now_iso
 from digits.export import runtime_versions
 from digits.errors import DigitsError, UsageError

@@ -129,29 +129,6 @@ def matmul_probe(device: str = "cpu", n: int = 2048):
     return (lambda: torch.mm(a, b)), 2 * n ** 3, dev.type == "cuda"
 
 
-def onnxruntime_matmul_probe(threads: int, n: int = 2048):
-    """``(call, flops, False)`` for one large FP32 ``MatMul`` through onnxruntime's CPU provider.
-
-    A second opinion on the peak: on the reference machine (AMD Zen 5) onnxruntime's MLAS
-    runs AVX-512 at about twice the rate torch.mm gets from MKL. Recorded beside
-    ``peak_gflops``, never in its place.
-    """
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", io[:2], io[2:])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-                                   .SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in "ab"}
-    return (lambda: session.run(None, feeds)), 2 * n ** 3, False
-
-
 def gflops(flops: int, timing: Timing) -> float:
     """A probe's rate from its median call: ``peak_gflops`` is this for :func:`matmul_probe`."""
     return flops / (timing.stats.p50_ms / 1e3) / 1e9

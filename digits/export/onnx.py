@@ -99,8 +99,10 @@ def _quiet_logs():
         log.setLevel(old)
 
 
-def make_session(path: Path, device: str = "cpu", *, threads: int | None = None, spinning: bool = True):
+def make_session(path: Path | bytes, device: str = "cpu", *, threads: int | None = None, spinning: bool = True):
     """An InferenceSession with every option set explicitly (see :func:`session_options`).
+
+    ``path`` may also be a serialized model (bytes), as for the bench's MatMul probe.
 
     ORT_ENABLE_ALL turns on the NCHWc layout transform, worth ~1.4x on LeNet-5 at batch
     256 here over ORT_ENABLE_EXTENDED; spinning threads cut small-batch latency.
@@ -122,9 +124,10 @@ def make_session(path: Path, device: str = "cpu", *, threads: int | None = None,
     else:
         providers = ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), opts, providers=providers)
+        session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=providers)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        raise DigitsError(f"{path} is not a loadable ONNX model ({_first_line(e)}). "
+        what = "The model" if isinstance(path, bytes) else str(path)
+        raise DigitsError(f"{what} is not a loadable ONNX model ({_first_line(e)}). "
                           "Re-create it with `digits export --format onnx`.") from None
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise DigitsError("onnxruntime fell back to the CPU instead of CUDA; refusing to report CPU "
