@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench bench-train fixture clean
+.PHONY: setup run test test-oldest lint bench bench-train fixture clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,20 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The whole suite again, in a separate venv holding the lowest version pyproject.toml
+# allows of every runtime dependency (torch 2.6, onnxruntime 1.20, ...): the floors are
+# tested, not hoped. A first run downloads about 3 GB (torch 2.6 from PyPI).
+OLDEST ?= .venv-oldest
+
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -m pytest -q
+
+$(OLDEST)/.installed: pyproject.toml scripts/oldest_constraints.py
+	test -x $(OLDEST)/bin/python || python3 -m venv $(OLDEST)
+	python3 scripts/oldest_constraints.py > $(OLDEST)/constraints.txt
+	$(OLDEST)/bin/python -m pip install --quiet --disable-pip-version-check -c $(OLDEST)/constraints.txt -e '.[dev]'
+	touch $@
 
 lint: setup
 	$(VENV)/bin/ruff check digits tests scripts

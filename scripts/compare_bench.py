@@ -32,7 +32,7 @@ def main() -> int:
         before, after = (json.loads(p.read_text()) for p in (args.before, args.after))
         rows = compare(before, after, args.tolerance)
         envs = before["environment"], after["environment"]
-        peaks = " -> ".join(f"{e['peak_gflops']:.0f}" for e in envs)
+        peaks = " -> ".join(f"{e['peak_gflops']:.0f}" if e["peak_gflops"] else "not measured" for e in envs)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"Error: cannot compare {args.before} and {args.after}: {e!r}. Both must be JSON files "
               "written by `digits bench`.", file=sys.stderr)

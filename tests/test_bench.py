@@ -201,8 +201,41 @@ def test_failing_cell_becomes_an_error_record(exported, trained, test_set, tmp_p
     assert "does not match" in recs["onnxruntime"]["error"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal when CUDA is absent")
-def test_cuda_without_cuda_is_refused():
+def _broken_probe(*_, **__):
+    raise DigitsError("The model is not a loadable ONNX model (Unsupported model IR version: 12).")
+
+
+def _probe_that_fails_when_called(*_, **__):
+    def call():
+        raise RuntimeError("probe kernel crashed")
+    return call, 1, False
+
+
+@pytest.mark.parametrize("where, make", [
+    ("onnxruntime MatMul", _broken_probe),
+    ("onnxruntime MatMul", _probe_that_fails_when_called),
+    ("torch.mm", _probe_that_fails_when_called),
+])
+def test_a_failing_gemm_probe_is_recorded_and_the_bench_goes_on(exported, trained, test_set, monkeypatch, where, make):
+    import digits.bench.runner as runner
+
+    monkeypatch.setattr(runner, "onnxruntime_matmul_probe" if where != "torch.mm" else "matmul_probe", make)
+    cfg = BenchConfig(models=["mlp"], backends=["eager"], batch_sizes=[2], checkpoint=str(trained),
+                      artifacts=str(trained), **QUICK)
+    report = run_bench(cfg, *test_set)
+    env, rec = report["environment"], report["records"][0]
+    assert rec["error"] is None and rec["p50_ms"] > 0 and rec["accuracy"] > 0.5
+    assert where in env["probe_errors"] and where not in env["gemm_gflops"]
+    assert ("IR version" if make is _broken_probe else "probe kernel crashed") in env["probe_errors"][where]
+    other = "torch.mm" if where != "torch.mm" else "onnxruntime MatMul"
+    assert env["gemm_gflops"][other] > 0.1
+    # efficiency divides by torch.mm alone: without it there is none, never a made-up one
+    assert (rec["efficiency"] is None) == (where == "torch.mm")
+    assert f"{where} failed" in to_markdown(report)
+
+
+def test_cuda_without_cuda_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # so it runs on a GPU machine too
     with pytest.raises(DigitsError, match="CUDA is not available"):
         BenchConfig(device="cuda").validate()
 
@@ -238,8 +271,8 @@ def test_cli_bad_values_exit_2(args, words):
     assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal when CUDA is absent")
-def test_cli_cuda_without_cuda_exits_1():
+def test_cli_cuda_without_cuda_exits_1(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # so it runs on a GPU machine too
     result = runner.invoke(app, ["bench", "--device", "cuda"])
     assert result.exit_code == 1 and "CUDA is not available" in result.output
 

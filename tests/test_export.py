@@ -143,3 +143,45 @@ def test_requested_opset_is_the_one_produced(trained, test_set, tmp_path, opset)
     m = onnx.load(r["path"])
     assert r["passed"] and r["opset"] == opset
     assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+
+
+# --------------------------------------------------------------------------- what onnxruntime accepts
+def test_hand_built_graph_carries_the_lowest_ir_version_for_its_opset():
+    # onnx's own make_model stamps the newest IR it knows, which an older onnxruntime refuses.
+    from onnx import TensorProto, helper
+
+    from digits.export.onnx import MIN_OPSET, make_model, make_session, onnxruntime_limits
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "xy"]
+    model = make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:]))
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", MIN_OPSET)]
+    assert model.ir_version == helper.find_min_ir_version_for([helper.make_opsetid("", MIN_OPSET)]) == 8
+    assert model.ir_version <= onnxruntime_limits()["max_ir_version"]
+    out = make_session(model.SerializeToString(), "cpu", threads=1).run(None, {"x": [-1.0, 2.0]})[0]
+    assert out.tolist() == [0.0, 2.0]
+
+
+def test_onnxruntime_limits_load_in_the_installed_runtime():
+    from onnx import TensorProto, helper
+
+    from digits.export.onnx import make_model, make_session, max_opset, onnxruntime_limits
+
+    lim = onnxruntime_limits()
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    model = make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:]),
+                       lim["max_opset"])
+    model.ir_version = lim["max_ir_version"]
+    make_session(model.SerializeToString(), "cpu", threads=1)  # raises if the limits were too high
+    assert max_opset() == min(onnx.defs.onnx_opset_version(), lim["max_opset"])
+
+
+def test_onnxruntime_limits_find_an_older_runtimes_boundary(monkeypatch):
+    # An onnxruntime that, like 1.20, loads IR <= 10 and opset <= 21, whatever onnx is installed.
+    import digits.export.onnx as fmt
+
+    def fake_session(data, device, **_):
+        m = onnx.load_from_string(data)
+        if m.ir_version > 10 or m.opset_import[0].version > 21:
+            raise DigitsError("The model is not a loadable ONNX model (Unsupported model IR version).")
+    monkeypatch.setattr(fmt, "make_session", fake_session)
+    assert fmt.onnxruntime_limits.__wrapped__() == {"max_ir_version": 10, "max_opset": 21}

@@ -211,11 +211,11 @@ def onnxruntime_matmul_probe(threads: int, n: int = 2048):
     import numpy as np
     from onnx import TensorProto, helper
 
-    from digits.export.onnx import make_session
+    from digits.export.onnx import make_model, make_session
 
     io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", io[:2], io[2:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = make_model(graph)
     session = make_session(model.SerializeToString(), "cpu", threads=threads)
     rng = np.random.default_rng(0)
     feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in "ab"}

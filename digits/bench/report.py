@@ -77,10 +77,13 @@ def to_markdown(report: dict) -> str:
 
 
 def gemm_summary(env: dict) -> str:
-    """'peak (torch.mm) 219 GFLOP/s, onnxruntime MatMul 461 GFLOP/s' (older files: the peak alone)."""
-    rates = env.get("gemm_gflops") or {"torch.mm": env["peak_gflops"]}
-    return ", ".join(f"{'peak (torch.mm)' if name == 'torch.mm' else name} {rate:.0f} GFLOP/s"
-                     for name, rate in rates.items())
+    """'peak (torch.mm) 219 GFLOP/s, onnxruntime MatMul 461 GFLOP/s' (older files: the peak alone).
+
+    A probe that failed is named with its reason, so a missing efficiency is explained."""
+    rates = env.get("gemm_gflops") or ({"torch.mm": env["peak_gflops"]} if env.get("peak_gflops") else {})
+    parts = [f"{'peak (torch.mm)' if name == 'torch.mm' else name} {rate:.0f} GFLOP/s" for name, rate in rates.items()]
+    parts += [f"{name} failed ({why})" for name, why in (env.get("probe_errors") or {}).items()]
+    return ", ".join(parts) or "not measured"
 
 
 def fastest(records: list[dict]) -> set[tuple]:

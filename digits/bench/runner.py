@@ -124,6 +124,7 @@ def environment(cfg: BenchConfig) -> dict:
         **runtime_versions(),
         "peak_gflops": None,  # filled by run_bench from probes interleaved with the cells
         "gemm_gflops": None,  # every GEMM probe's rate, torch.mm (= peak_gflops) first
+        "probe_errors": {},  # probe name -> why it failed (the sweep goes on without it)
         "round_spread": None,  # how much the machine's speed moved between rounds
         "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
         "config": asdict(cfg),
@@ -173,17 +174,21 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 except Exception as e:  # noqa: BLE001
                     rec.error = _reason(e)
     timings: dict[int, Timing] = {}
-    probes = {"torch.mm": matmul_probe(cfg.device)}  # the peak that `efficiency` divides by
-    if cfg.device == "cpu":
-        probes["onnxruntime MatMul"] = onnxruntime_matmul_probe(threads)
+    probes, probe_errors = _gemm_probes(cfg.device, threads)
     gemm: dict[str, Timing] = {}
     for round_ in range(cfg.rounds):
         # The matmul peak is probed in every round too, so a machine that speeds up or slows
         # down during the sweep moves numerator and denominator of `efficiency` together.
-        for name, (call, _, cuda) in probes.items():
-            with fp32_matmul():
-                t = measure(call, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds), min_time=0.0,
-                            cuda_events=cuda)
+        for name, (call, _, cuda) in list(probes.items()):
+            try:
+                with fp32_matmul():
+                    t = measure(call, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds),
+                                min_time=0.0, cuda_events=cuda)
+            except Exception as e:  # noqa: BLE001 - a probe is a second opinion, never the main job
+                probe_errors[name] = _reason(e)
+                del probes[name]
+                gemm.pop(name, None)
+                continue
             gemm[name] = gemm[name].extend(t) if name in gemm else t
         for rec, backend, prepared in cells:
             if rec.error:
@@ -198,18 +203,38 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
             timings[id(rec)] = timings[id(rec)].extend(t) if round_ else t
             rec.round_p50_ms.append(t.stats.p50_ms)
     env["gemm_gflops"] = {name: gflops(probes[name][1], t) for name, t in gemm.items()}
+    env["probe_errors"] = probe_errors
     env["round_spread"] = round_spread(records)
-    env["peak_gflops"] = env["gemm_gflops"]["torch.mm"]
+    env["peak_gflops"] = env["gemm_gflops"].get("torch.mm")  # None if that probe failed: no efficiency
     for rec in records:
         if (t := timings.get(id(rec))) and not rec.error:
             for k, v in t.to_dict().items():
                 setattr(rec, k, v)
             rec.throughput = rec.batch_size / (rec.p50_ms / 1e3)
-            rec.efficiency = efficiency(rec.throughput, rec.macs_per_image, env["peak_gflops"])
+            if env["peak_gflops"]:
+                rec.efficiency = efficiency(rec.throughput, rec.macs_per_image, env["peak_gflops"])
             if samples is not None:
                 samples[f"{rec.model}/{rec.backend}/{rec.device}/{rec.batch_size}"] = t.samples_ms
         on_record(rec)
     return {"environment": env, "records": [asdict(r) for r in records]}
+
+
+def _gemm_probes(device: str, threads: int) -> tuple[dict, dict]:
+    """``({name: (call, flops, cuda_events)}, {name: why it could not be built})``.
+
+    torch.mm is the peak that `efficiency` divides by; onnxruntime's MatMul is a second
+    opinion on the CPU. A probe that cannot be built is recorded, and the sweep goes on.
+    """
+    makers = {"torch.mm": lambda: matmul_probe(device)}
+    if device == "cpu":
+        makers["onnxruntime MatMul"] = lambda: onnxruntime_matmul_probe(threads)
+    probes, errors = {}, {}
+    for name, make in makers.items():
+        try:
+            probes[name] = make()
+        except Exception as e:  # noqa: BLE001
+            errors[name] = _reason(e)
+    return probes, errors
 
 
 def _batch(x: torch.Tensor, b: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ on the result.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -31,10 +32,59 @@ MIN_OPSET = 18  # the dynamo exporter (onnxscript) emits nothing older
 
 
 def max_opset() -> int:
-    """The newest opset the installed onnx knows (28 with onnx 1.23; ORT 1.32 runs it)."""
+    """The newest opset both the installed onnx and the installed onnxruntime know."""
     import onnx
 
-    return onnx.defs.onnx_opset_version()
+    return min(onnx.defs.onnx_opset_version(), onnxruntime_limits()["max_opset"])
+
+
+def make_model(graph, opset: int = MIN_OPSET):
+    """A hand-built graph as a model the installed onnxruntime loads.
+
+    ``onnx.helper.make_model`` stamps the newest IR version the installed onnx knows, and
+    an older onnxruntime refuses the file outright (onnx 1.23 beside onnxruntime 1.30). The
+    lowest IR version that can carry ``opset`` is what any runtime supporting it accepts.
+    """
+    from onnx import helper
+
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+
+
+@functools.lru_cache(maxsize=None)
+def onnxruntime_limits() -> dict:
+    """``{"max_ir_version", "max_opset"}`` that the installed onnxruntime loads, asked of it.
+
+    onnxruntime has no API for this, so a one-node model is loaded at each version, newest
+    first (about a millisecond a try, once per process). Versions newer than the installed
+    onnx knows are not tried: nothing here could produce them.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    io_ = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", io_[:1], io_[1:])
+
+    def loads(opset: int, ir: int) -> bool:
+        model = make_model(graph, opset)
+        model.ir_version = ir
+        try:
+            make_session(model.SerializeToString(), "cpu", threads=1)
+        except DigitsError:
+            return False
+        return True
+
+    base_ir = helper.find_min_ir_version_for([helper.make_opsetid("", MIN_OPSET)])
+    max_ir = next((ir for ir in range(onnx.IR_VERSION, base_ir - 1, -1) if loads(MIN_OPSET, ir)), None)
+    if max_ir is None:
+        import onnxruntime
+
+        raise DigitsError(f"onnxruntime {onnxruntime.__version__} refuses even an opset-{MIN_OPSET} ONNX model; "
+                          f"digits needs onnxruntime that runs opset {MIN_OPSET} or newer (pip install -U onnxruntime).")
+    newest = onnx.defs.onnx_opset_version()
+    max_op = next(op for op in range(newest, MIN_OPSET - 1, -1)
+                  if loads(op, min(max_ir, helper.find_min_ir_version_for([helper.make_opsetid("", op)]))))
+    return {"max_ir_version": max_ir, "max_opset": max_op}
 
 
 def check_opset(opset: int) -> None:
