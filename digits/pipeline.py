@@ -1,6 +1,9 @@
 """``digits run``: the whole job, stage by stage, skipping what is already done and verified.
 
-    data -> train (default recipes) -> export (every format, parity) -> bench (CPU) -> report
+    data -> train (default recipes) -> export (every format and precision, parity) -> bench (CPU) -> report
+
+The precisions are fp32 plus every reduced one this CPU runs natively (digits.precision):
+bf16/fp16 exports for the torch formats, an int8 ONNX calibrated on training images.
 
 A stage is skipped when its outputs exist and verify: MNIST against its manifest, a
 checkpoint against its sha256, an export against its manifest entry (sha256, parity
@@ -30,7 +33,13 @@ class RunConfig:
     results: Path = Path("results")
     force: bool = False
     html: bool = True
+    precisions: list[str] | None = None  # None: fp32 + every reduced precision this CPU runs natively
     bench: dict = field(default_factory=dict)  # BenchConfig overrides (the tests use tiny sweeps)
+
+    def resolved_precisions(self) -> list[str]:
+        from digits.precision import native_precisions
+
+        return list(self.precisions) if self.precisions else native_precisions("cpu")
 
 
 @dataclass
@@ -59,34 +68,33 @@ def _checkpoint_ok(folder: Path, model: str) -> dict | None:
         return None
 
 
-def _export_ok(folder: Path, fmt: str, ckpt_sha: str) -> dict | None:
-    from digits.export import checked_path, get_format, read_exports
+def _export_ok(folder: Path, fmt: str, ckpt_sha: str, precision: str = "fp32") -> dict | None:
+    from digits.export import artifact_name, checked_path, manifest_key, read_exports
 
-    entry = read_exports(folder)["formats"].get(fmt)
+    entry = read_exports(folder)["formats"].get(manifest_key(fmt, precision))
     if not entry or not entry.get("passed") or entry.get("checkpoint_sha256") != ckpt_sha:
         return None
     try:
-        checked_path(folder / get_format(fmt).filename)
+        checked_path(folder / artifact_name(fmt, precision))
     except DigitsError:
         return None
     return entry
 
 
-def _bench_ok(results: Path, exports_mtime: float, backends: list[str]) -> dict | None:
+def _bench_ok(results: Path, exports_mtime: float, cells: list[tuple[str, str]]) -> dict | None:
     files = sorted(results.glob("bench-cpu-*.json"), key=lambda p: p.stat().st_mtime)
     if not files or files[-1].stat().st_mtime < exports_mtime:
         return None
     report = json.loads(files[-1].read_text())
-    have = {(r["model"], r["backend"]) for r in report["records"] if not r["error"]}
-    return report if all((m, b) in have for m in list_models() for b in backends) else None
+    have = {(r["model"], r["backend"], r.get("precision", "fp32")) for r in report["records"] if not r["error"]}
+    return report if all((m, b, p) in have for m in list_models() for b, p in cells) else None
 
 
 def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
-    from digits.bench.backends import create_backend, list_backends
-    from digits.bench.runner import BenchConfig, run_bench
+    from digits.bench.runner import BenchConfig, default_backends, pairs, run_bench
     from digits.bench.report import write_report
     from digits.data import load_splits, load_test
-    from digits.export import export_model, list_formats
+    from digits.export import export_model, get_format, list_formats
     from digits.report import build_report
     from digits.sources import ensure_mnist
     from digits.train import resolve_config, train
@@ -114,29 +122,38 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
 
         stage = "export"
         x, y = load_test(cfg.data_root)
-        hooks.stage(stage, 3, "every format, parity on the test set")
+        precisions = cfg.resolved_precisions()
+        hooks.stage(stage, 3, f"every format, {'/'.join(precisions)}, parity on the test set")
+        jobs = [(f, p) for p in precisions for f in list_formats() if p in get_format(f).precisions]
         for model in list_models():
-            for fmt in list_formats():
+            for fmt, precision in jobs:
                 folder = checkpoint_dir(cfg.artifacts, model)
-                entry = None if cfg.force else _export_ok(folder, fmt, res.checkpoints[model]["weights_sha256"])
+                entry = None if cfg.force else _export_ok(folder, fmt, res.checkpoints[model]["weights_sha256"],
+                                                          precision)
                 if entry is None:
-                    hooks.log(f"exporting {model} to {fmt}")
-                    rec = export_model(model, fmt, x, y, checkpoint=cfg.artifacts, out=cfg.artifacts)
+                    hooks.log(f"exporting {model} to {fmt} ({precision})")
+                    train_x = None
+                    if precision == "int8":  # calibration images: the training split, never the test set
+                        splits = splits or load_splits(cfg.data_root, seed=0)
+                        train_x = splits.train_x
+                    rec = export_model(model, fmt, x, y, checkpoint=cfg.artifacts, out=cfg.artifacts,
+                                       precision=precision, train_x=train_x)
                     if not rec["passed"]:
-                        raise DigitsError(f"{model}/{fmt} failed parity (max_abs_diff {rec['max_abs_diff']:.2e}, "
-                                          f"agreement {rec['argmax_agreement']:.4%})")
+                        raise DigitsError(f"{model}/{fmt} {precision} failed parity (max_abs_diff "
+                                          f"{rec['max_abs_diff']:.2e}, agreement {rec['argmax_agreement']:.4%}, "
+                                          f"accuracy {rec['accuracy']:.2%} vs FP32 {rec['eager_accuracy']:.2%})")
                     res.done.setdefault(stage, "ran")
                     entry = rec
-                res.exports[(model, fmt)] = entry
+                res.exports[(model, fmt) if precision == "fp32" else (model, f"{fmt}-{precision}")] = entry
         res.done.setdefault(stage, "skipped (exports verified)")
 
         stage = "bench"
-        hooks.stage(stage, 4, "CPU, every model x backend x batch size")
-        backends = [b for b in list_backends() if create_backend(b).default]
+        hooks.stage(stage, 4, "CPU, every model x backend x precision x batch size")
+        bcfg = BenchConfig(backends=default_backends(), precisions=precisions, checkpoint=str(cfg.artifacts),
+                           artifacts=str(cfg.artifacts), **cfg.bench)
         newest = max((checkpoint_dir(cfg.artifacts, m) / "exports.json").stat().st_mtime for m in list_models())
-        res.bench = None if cfg.force else _bench_ok(cfg.results, newest, backends)
+        res.bench = None if cfg.force else _bench_ok(cfg.results, newest, pairs(bcfg)[0])
         if res.bench is None:
-            bcfg = BenchConfig(backends=backends, checkpoint=str(cfg.artifacts), artifacts=str(cfg.artifacts), **cfg.bench)
             res.bench = run_bench(bcfg, x, y)
             write_report(res.bench, cfg.results)
             res.done[stage] = "ran"
@@ -157,15 +174,24 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
 
 def summary_rows(res: RunResult) -> list[dict]:
     """One row per model: what the final summary table shows."""
+    from digits.bench.report import best_cells
     from digits.report import best
 
+    verdicts = {v["model"]: v for v in best_cells(res.bench["records"])}
     rows = []
     for model, man in res.checkpoints.items():
         b1, b256 = best(res.bench["records"], model, 1), best(res.bench["records"], model, 256)
+        v = verdicts.get(model, {})
         rows.append({"model": model, "params": man["params"], "macs": man["macs"],
                      "test_accuracy": man["test_accuracy"],
                      "onnx_accuracy": res.exports.get((model, "onnx"), {}).get("accuracy"),
-                     "batch1_p50_us": b1 and b1["p50_ms"] * 1e3, "batch1_backend": b1 and b1["backend"],
+                     "batch1_p50_us": b1 and b1["p50_ms"] * 1e3, "batch1_backend": b1 and _cell(b1),
                      "batch256_p50_ms": b256 and b256["p50_ms"], "batch256_throughput": b256 and b256["throughput"],
-                     "batch256_backend": b256 and b256["backend"]})
+                     "batch256_backend": b256 and _cell(b256),
+                     "batch256_speedup_over_fp32": v.get("speedup"),
+                     "batch256_accuracy_cost_points": v.get("accuracy_cost_points")})
     return rows
+
+
+def _cell(r: dict) -> str:
+    return f"{r['backend']} {r.get('precision', 'fp32')}"

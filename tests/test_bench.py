@@ -13,7 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from digits.bench.backends import create_backend, list_backends, onnxruntime_matmul_probe
+from digits.bench.backends import create_backend, list_backends
+from digits.bench.probes import onnxruntime_matmul_probe
 from digits.bench.report import COLUMNS, compare, fastest, to_csv, to_markdown
 from digits.bench.runner import BenchConfig, Record, efficiency, round_spread, run_bench
 from digits.bench.timing import measure, percentile, summarize
@@ -22,8 +23,8 @@ from digits.cli import app
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models
 
-QUICK = dict(warmup=1, min_iters=3, min_time=0.0, rounds=2, threads=2)
-FAST_BACKENDS = [b for b in list_backends() if create_backend(b).default]
+QUICK = dict(warmup=1, min_iters=3, min_time=0.0, rounds=2, threads=2, precisions=["fp32"])
+FAST_BACKENDS = [b for b in list_backends() if create_backend(b).default and create_backend(b).available() is None]
 
 
 # --------------------------------------------------------------------------- timing
@@ -55,8 +56,8 @@ def test_measure_runs_at_least_min_time():
 
 
 def _cell(backend, batch, p50, error=None):
-    return {"model": "lenet5", "backend": backend, "device": "cpu", "batch_size": batch, "p50_ms": p50,
-            "error": error}
+    return {"model": "lenet5", "backend": backend, "precision": "fp32", "device": "cpu", "batch_size": batch,
+            "p50_ms": p50, "error": error}
 
 
 def test_compare_matches_cells_and_applies_the_tolerance():
@@ -71,7 +72,7 @@ def test_compare_matches_cells_and_applies_the_tolerance():
 
 def test_round_spread_is_the_median_cell_spread():
     def rec(rounds, error=None):
-        return Record(model="lenet5", backend="eager", device="cpu", batch_size=1, params=1, macs_per_image=1,
+        return Record(model="lenet5", backend="eager", device="cpu", batch_size=1, precision="fp32", params=1, macs_per_image=1,
                       round_p50_ms=rounds, error=error)
     records = [rec([1.0, 1.1]), rec([2.0, 2.0, 2.0]), rec([1.0, 1.5]), rec([1.0, 9.0], error="boom"), rec([5.0])]
     assert round_spread(records) == pytest.approx(0.10)  # median of 0.1, 0.0, 0.5; failed and 1-round cells skipped
@@ -126,7 +127,8 @@ def test_compile_never_falls_back_to_eager_silently(trained):
     import torch._dynamo.config as dynamo
 
     b = create_backend("compile").load("lenet5", "cpu", checkpoint=trained)  # compiles lazily: cheap
-    assert dynamo.fail_on_recompile_limit_hit and dynamo.recompile_limit >= 64
+    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    assert getattr(dynamo, limit) >= 64 and b.settings["recompile_limit"] == getattr(dynamo, limit)
     assert b.settings["fail_on_recompile_limit_hit"] is True
 
 
@@ -161,8 +163,10 @@ def test_record_schema(small_report):
                 "harness_overhead_ms"):
         assert key in env
     assert env["peak_gflops"] > 0.1
-    assert list(env["gemm_gflops"]) == ["torch.mm", "onnxruntime MatMul"]
-    assert env["gemm_gflops"]["torch.mm"] == env["peak_gflops"] and env["gemm_gflops"]["onnxruntime MatMul"] > 0.1
+    fp32 = [n for n, p in env["gemm_precision"].items() if p == "fp32"]
+    assert {"torch.mm", "onnxruntime MatMul"} <= set(fp32)
+    assert env["peak_gflops"] == max(env["gemm_gflops"][n] for n in fp32)  # the fastest FP32 GEMM seen
+    assert env["peak_gflops_by_precision"] == {"fp32": env["peak_gflops"]}
     assert env["round_spread"] >= 0
 
 
@@ -184,7 +188,7 @@ def test_reports_hold_every_record(small_report):
     csv_text = to_csv(small_report["records"])
     assert csv_text.count("\n") == len(small_report["records"]) + 1
     assert to_markdown(small_report).count("| lenet5 |") == len(small_report["records"])
-    assert {b for (_, _, b) in fastest(small_report["records"])} <= set(FAST_BACKENDS)
+    assert {b for (_, _, b, _) in fastest(small_report["records"])} <= set(FAST_BACKENDS)
 
 
 def test_failing_cell_becomes_an_error_record(exported, trained, test_set, tmp_path):
@@ -217,9 +221,9 @@ def _probe_that_fails_when_called(*_, **__):
     ("torch.mm", _probe_that_fails_when_called),
 ])
 def test_a_failing_gemm_probe_is_recorded_and_the_bench_goes_on(exported, trained, test_set, monkeypatch, where, make):
-    import digits.bench.runner as runner
+    import digits.bench.probes as probes
 
-    monkeypatch.setattr(runner, "onnxruntime_matmul_probe" if where != "torch.mm" else "matmul_probe", make)
+    monkeypatch.setattr(probes, "onnxruntime_matmul_probe" if where != "torch.mm" else "matmul_probe", make)
     cfg = BenchConfig(models=["mlp"], backends=["eager"], batch_sizes=[2], checkpoint=str(trained),
                       artifacts=str(trained), **QUICK)
     report = run_bench(cfg, *test_set)
@@ -229,9 +233,24 @@ def test_a_failing_gemm_probe_is_recorded_and_the_bench_goes_on(exported, traine
     assert ("IR version" if make is _broken_probe else "probe kernel crashed") in env["probe_errors"][where]
     other = "torch.mm" if where != "torch.mm" else "onnxruntime MatMul"
     assert env["gemm_gflops"][other] > 0.1
-    # efficiency divides by torch.mm alone: without it there is none, never a made-up one
-    assert (rec["efficiency"] is None) == (where == "torch.mm")
+    # efficiency divides by the FP32 probe that is left, never by a made-up one
+    assert env["peak_gflops"] == env["gemm_gflops"][other]
+    assert rec["efficiency"] == pytest.approx(efficiency(rec["throughput"], rec["macs_per_image"], env["peak_gflops"]))
     assert f"{where} failed" in to_markdown(report)
+
+
+def test_a_failing_version_query_is_recorded_and_the_bench_goes_on(exported, trained, test_set, monkeypatch):
+    import digits.bench.runner as runner_mod
+
+    def broken():
+        raise ImportError("onnxruntime's version could not be read")
+    monkeypatch.setattr(runner_mod, "runtime_versions", broken)
+    cfg = BenchConfig(models=["mlp"], backends=["eager"], batch_sizes=[2], checkpoint=str(trained),
+                      artifacts=str(trained), **QUICK)
+    report = run_bench(cfg, *test_set)
+    assert report["records"][0]["error"] is None and report["records"][0]["p50_ms"] > 0
+    assert "could not be read" in report["environment"]["probe_errors"]["runtime_versions"]
+    assert "| mlp | eager | fp32 |" in to_markdown(report)
 
 
 def test_cuda_without_cuda_is_refused(monkeypatch):
@@ -253,7 +272,8 @@ runner = CliRunner()
 
 def test_cli_json_and_files(exported, trained, fixture_root, tmp_path):
     result = runner.invoke(app, ["bench", "--models", "mlp", "--backends", "eager,onnxruntime", "--batch-sizes", "1,4",
-                                 "--min-time", "0", "--warmup", "1", "--checkpoint", str(trained), "--artifacts",
+                                 "--min-time", "0", "--warmup", "1", "--precisions", "fp32",
+                                 "--checkpoint", str(trained), "--artifacts",
                                  str(trained), "--out", str(tmp_path), "--data-dir", str(fixture_root), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -286,22 +306,23 @@ def test_cli_missing_artifacts_says_export(trained, fixture_root, tmp_path):
     assert json.loads(next(tmp_path.glob("bench-cpu-*.json")).read_text())["records"][0]["error"]  # records kept
 
 
-def test_cli_partial_failure_keeps_the_good_cells(trained, fixture_root, tmp_path):
+def test_cli_partial_failure_keeps_the_good_cells(exported, trained, fixture_root, tmp_path):
     art = tmp_path / "artifacts"
     shutil.copytree(trained / "lenet5", art / "lenet5")
     (art / "lenet5" / "model.pt2").unlink()
     result = runner.invoke(app, ["bench", "--models", "lenet5", "--backends", "eager,pt2", "--batch-sizes", "1,2",
-                                 "--min-time", "0", "--warmup", "1", "--rounds", "1", "--checkpoint", str(art),
+                                 "--min-time", "0", "--warmup", "1", "--precisions", "fp32", "--rounds", "1",
+                                 "--checkpoint", str(art),
                                  "--artifacts", str(art), "--out", str(tmp_path / "out"), "--data-dir", str(fixture_root)])
     assert result.exit_code == 0, result.output
-    assert result.output.count("lenet5/pt2 failed at batch 1,2: ") == 1 and "digits export lenet5" in result.output
+    assert result.output.count("lenet5/pt2 fp32 failed at batch 1,2: ") == 1 and "digits export lenet5" in result.output
     report = json.loads(next((tmp_path / "out").glob("bench-cpu-*.json")).read_text())
     assert [r["error"] is None for r in report["records"]] == [True, True, False, False]
 
 
 def test_cli_samples_file_holds_the_raw_latencies(exported, trained, fixture_root, tmp_path):
     result = runner.invoke(app, ["bench", "--models", "lenet5", "--backends", "eager,onnxruntime", "--batch-sizes",
-                                 "1,3", "--min-time", "0", "--warmup", "1", "--rounds", "2", "--samples",
+                                 "1,3", "--min-time", "0", "--warmup", "1", "--precisions", "fp32", "--rounds", "2", "--samples",
                                  "--checkpoint", str(trained), "--artifacts", str(trained), "--out", str(tmp_path),
                                  "--data-dir", str(fixture_root)])
     assert result.exit_code == 0, result.output
@@ -310,7 +331,7 @@ def test_cli_samples_file_holds_the_raw_latencies(exported, trained, fixture_roo
     records = json.loads(next(tmp_path.glob("bench-cpu-????-??-??.json")).read_text())["records"]
     assert len(samples) == len(records) == 4 and not any(r["error"] for r in records)
     for r in records:  # every statistic is derived from exactly these samples
-        s = samples[f"lenet5/{r['backend']}/cpu/{r['batch_size']}"]
+        s = samples[f"lenet5/{r['backend']}/fp32/cpu/{r['batch_size']}"]
         assert len(s) == r["iterations"] and statistics.median(s) == pytest.approx(r["p50_ms"])
         assert statistics.fmean(s) == pytest.approx(r["mean_ms"])
 
@@ -327,7 +348,8 @@ def test_cli_warns_when_the_machine_changed_speed(trained, fixture_root, tmp_pat
         return report
     monkeypatch.setattr(runner_mod, "run_bench", with_spread)
     result = runner.invoke(app, ["bench", "--models", "lenet5", "--backends", "eager", "--batch-sizes", "1",
-                                 "--min-time", "0", "--warmup", "1", "--rounds", "2", "--checkpoint", str(trained),
+                                 "--min-time", "0", "--warmup", "1", "--precisions", "fp32", "--rounds", "2",
+                                 "--checkpoint", str(trained),
                                  "--artifacts", str(trained), "--out", str(tmp_path), "--data-dir", str(fixture_root)])
     assert result.exit_code == 0, result.output
     assert ("changed speed during the run" in result.output) == warns
@@ -338,6 +360,6 @@ def test_cli_warns_when_the_machine_changed_speed(trained, fixture_root, tmp_pat
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_sweep_times_on_the_gpu(exported, trained, test_set):
     cfg = BenchConfig(models=["lenet5"], backends=["eager", "pt2"], device="cuda", batch_sizes=[1, 64],
-                      checkpoint=str(trained), artifacts=str(trained), **QUICK)
+                      checkpoint=str(trained), artifacts=str(trained), **QUICK)  # fp32 on the GPU
     for r in run_bench(cfg, *test_set)["records"]:
         assert r["error"] is None and r["provider"] == "torch-cuda" and r["p50_ms"] > 0

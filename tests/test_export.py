@@ -114,6 +114,8 @@ def test_export_is_byte_reproducible(exported, trained, test_set, tmp_path, fmt)
     # The same checkpoint exported again gives the same bytes (and so the same sha256).
     # Not asserted for TorchScript: torch.jit numbers its mangled class names per process,
     # so a second export in one process differs (two `digits export` runs do not).
+    if fmt == "pt2" and torch.__version__.startswith("2.6."):
+        pytest.skip("torch 2.6's torch.export.save writes different bytes on each call (seen with 2.6.0)")
     again = export_model("lenet5", fmt, test_set[0][:64], test_set[1][:64], checkpoint=trained, out=tmp_path)
     assert again["sha256"] == exported[("lenet5", fmt)]["sha256"]
     assert sorted(p.name for p in (tmp_path / "lenet5").iterdir()) == sorted([EXPORTS, Path(again["path"]).name])
@@ -137,8 +139,11 @@ def test_parity_detects_a_different_model(trained, test_set):
     assert not p.passed and p.max_abs_diff > 1e-4 and p.argmax_agreement < 1.0
 
 
-@pytest.mark.parametrize("opset", [18, 24])
-def test_requested_opset_is_the_one_produced(trained, test_set, tmp_path, opset):
+@pytest.mark.parametrize("which", ["oldest", "newest"])
+def test_requested_opset_is_the_one_produced(trained, test_set, tmp_path, which):
+    from digits.export.onnx import MIN_OPSET, max_opset
+
+    opset = MIN_OPSET if which == "oldest" else max_opset()  # the newest this onnx + onnxruntime pair runs
     r = export_model("lenet5", "onnx", *test_set, checkpoint=trained, out=tmp_path, opset=opset)
     m = onnx.load(r["path"])
     assert r["passed"] and r["opset"] == opset

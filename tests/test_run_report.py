@@ -26,6 +26,8 @@ def workspace(exported, trained, tmp_path):
 
 
 def _cfg(fixture_root, art, tmp_path, **kw):
+    # FP32 alone by default: which reduced precisions run depends on the CPU (see the test below)
+    kw = {"precisions": ["fp32"], **kw}
     return RunConfig(data_root=fixture_root, artifacts=art, results=tmp_path / "results", bench=TINY_BENCH, **kw)
 
 
@@ -67,6 +69,27 @@ def test_failed_stage_is_named_and_earlier_stages_kept(fixture_root, workspace, 
     assert (workspace / "cnn" / "model.safetensors").is_file()
 
 
+def test_run_exports_and_benches_the_reduced_precisions(fixture_root, workspace, tmp_path, monkeypatch):
+    import digits.precision as precision
+
+    # The fixture's models are trained on 900 images (75-86% accuracy), so one image is 0.1
+    # points and their int8/bf16 parity is a coin toss. The thresholds are tested in
+    # test_precision.py; here they are loosened so the test checks the wiring.
+    monkeypatch.setitem(precision.REDUCED_THRESHOLDS, "accuracy_delta", 0.05)
+    monkeypatch.setitem(precision.REDUCED_THRESHOLDS, "argmax_agreement", 0.9)
+    res = run_all(_cfg(fixture_root, workspace, tmp_path, precisions=["fp32", "bf16", "int8"], html=False))
+    assert res.done["export"] == "ran"  # the fixture workspace had FP32 artifacts only
+    for model in list_models():
+        assert (workspace / model / "model.int8.onnx").is_file() and (workspace / model / "model.bf16.pt2").is_file()
+        assert res.exports[(model, "onnx-int8")]["passed"] and res.exports[(model, "torchscript-bf16")]["passed"]
+    cells = {(r["backend"], r["precision"]) for r in res.bench["records"] if r["error"] is None}
+    assert {("onnxruntime", "int8"), ("eager", "bf16"), ("pt2", "bf16"), ("onnxruntime", "fp32")} <= cells
+    rows = summary_rows(res)
+    assert all(r["batch256_speedup_over_fp32"] >= 1.0 and " " in r["batch256_backend"] for r in rows)
+    again = run_all(_cfg(fixture_root, workspace, tmp_path, precisions=["fp32", "bf16", "int8"], html=False))
+    assert again.done["export"].startswith("skipped") and again.done["bench"].startswith("skipped")
+
+
 def test_force_redoes_everything(fixture_root, workspace, tmp_path):
     res = run_all(_cfg(fixture_root, workspace, tmp_path, force=True, html=False))
     assert all(v == "ran" for k, v in res.done.items() if k != "data")
@@ -100,7 +123,7 @@ def test_cli_run_json(fixture_root, workspace, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline.RunConfig, "__init__", _tiny_init(pipeline.RunConfig.__init__))
     result = CliRunner().invoke(app, ["run", "--artifacts", str(workspace), "--results", str(tmp_path / "r"),
-                                      "--data-dir", str(fixture_root), "--json"])
+                                      "--precisions", "fp32", "--data-dir", str(fixture_root), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert set(out["stages"]) == {"data", "train", "export", "bench", "report"}

@@ -16,7 +16,8 @@ import torch
 from digits.checkpoint import WEIGHTS, checkpoint_dir, load_checkpoint
 from digits.data import check_input
 from digits.errors import DigitsError, UsageError
-from digits.export import checked_path, get_format
+from digits.export import artifact_name, checked_path, get_format
+from digits.precision import at_precision, check_precision
 
 _BACKENDS: dict[str, type[Backend]] = {}
 
@@ -41,23 +42,38 @@ class Backend:
     format: str | None = None  # the export format it runs, None for the checkpoint itself
     cuda_events = True  # False: run() blocks until done, so the host clock is exact
     default = True  # part of the default sweep
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")  # what it can run (digits.precision)
+    artifact_precisions: tuple[str, ...] | None = None  # precisions that have their own artifact file
 
     def __init__(self):
         self.device = "cpu"
+        self.precision = "fp32"
         self.artifact: Path | None = None
         self.settings: dict = {}
 
+    @classmethod
+    def available(cls) -> str | None:
+        """None if it can run here, else what to install."""
+        return None
+
     # -- loading
     def load(self, model: str, device: str = "cpu", *, checkpoint: Path = Path("artifacts"),
-             artifacts: Path = Path("artifacts"), threads: int | None = None) -> Backend:
-        self.device = device
+             artifacts: Path = Path("artifacts"), threads: int | None = None, precision: str = "fp32") -> Backend:
+        self.device, self.precision = device, check_precision(precision)
+        if precision not in self.precisions:
+            raise DigitsError(f"{self.name} does not run {precision} (it runs {', '.join(self.precisions)}).")
+        if (missing := self.available()) is not None:
+            raise DigitsError(missing)
         if self.format is None:
             self.artifact = checkpoint_dir(checkpoint, model) / WEIGHTS
         else:
-            path = checkpoint_dir(artifacts, model) / get_format(self.format).filename
+            own = self.artifact_precisions is None or precision in self.artifact_precisions
+            name = artifact_name(self.format, precision if own else "fp32")
+            path = checkpoint_dir(artifacts, model) / name
             if not path.is_file():
-                raise DigitsError(f"No {self.format} artifact for {model} at {path}. "
-                                  f"Run `digits export {model} --format {self.format}` first.")
+                flag = f" --precision {precision}" if own and precision != "fp32" else ""
+                raise DigitsError(f"No {name} for {model} at {path}. "
+                                  f"Run `digits export {model} --format {self.format}{flag}` first.")
             self.artifact = checked_path(path)
         self._open(model, device, checkpoint=checkpoint, threads=threads)
         return self
@@ -92,7 +108,8 @@ class Eager(Backend):
     name = "eager"
 
     def _open(self, model, device, *, checkpoint, threads):
-        self.module = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(device).eval()
+        eager = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(device).eval()
+        self.module = at_precision(eager, self.precision)  # bf16/fp16: weights cast, channels-last
 
 
 @register_backend
@@ -110,7 +127,8 @@ class TorchScript(Backend):
 
     def _open(self, model, device, *, checkpoint, threads):
         module = get_format("torchscript").open(self.artifact, device)
-        optimize = device == "cpu" and _has_conv(module)
+        # oneDNN's blocked layout is FP32-only: a bf16 graph stays as exported (channels-last).
+        optimize = device == "cpu" and self.precision == "fp32" and _has_conv(module)
         if optimize:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -150,12 +168,15 @@ class Compile(Backend):
         # recompile budget (8): each model, batch size and accuracy chunk takes an entry,
         # and past the budget dynamo silently runs eager, which would be reported as
         # compile. Give the sweep room, and fail the cell rather than fall back.
-        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
-        dynamo.fail_on_recompile_limit_hit = True
+        # (torch < 2.7 names them cache_size_limit and fail_on_cache_limit_hit.)
+        limit, fail = (("recompile_limit", "fail_on_recompile_limit_hit") if hasattr(dynamo, "recompile_limit")
+                       else ("cache_size_limit", "fail_on_cache_limit_hit"))
+        setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
+        setattr(dynamo, fail, True)
         eager = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(device).eval()
-        self.module = torch.compile(eager, dynamic=False)
-        self.settings = {"torch_compile": "inductor, dynamic=False", "recompile_limit": dynamo.recompile_limit,
-                         "fail_on_recompile_limit_hit": True}
+        self.module = torch.compile(at_precision(eager, self.precision), dynamic=False)
+        self.settings = {"torch_compile": "inductor, dynamic=False", "recompile_limit": getattr(dynamo, limit),
+                         "fail_on_recompile_limit_hit": getattr(dynamo, fail)}
 
 
 @register_backend
@@ -165,6 +186,7 @@ class OnnxRuntime(Backend):
     name = "onnxruntime"
     format = "onnx"
     cuda_events = False  # run_with_iobinding returns once outputs are ready
+    precisions = ("fp32", "int8")  # its CPU provider has no bf16 convolutions; int8 is model.int8.onnx
 
     def _open(self, model, device, *, checkpoint, threads):
         from digits.export.onnx import session_options
@@ -201,22 +223,4 @@ class OnnxRuntime(Backend):
         return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
 
 
-def onnxruntime_matmul_probe(threads: int, n: int = 2048):
-    """``(call, flops, False)`` for one large FP32 ``MatMul`` through onnxruntime's CPU provider.
-
-    A second opinion on the peak, in a session built exactly as the onnxruntime backend's:
-    on the reference machine (AMD Zen 5) onnxruntime's MLAS runs AVX-512 at about twice
-    the rate torch.mm gets from MKL. Recorded beside ``peak_gflops``, never in its place.
-    """
-    import numpy as np
-    from onnx import TensorProto, helper
-
-    from digits.export.onnx import make_model, make_session
-
-    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", io[:2], io[2:])
-    model = make_model(graph)
-    session = make_session(model.SerializeToString(), "cpu", threads=threads)
-    rng = np.random.default_rng(0)
-    feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in "ab"}
-    return (lambda: session.run(None, feeds)), 2 * n ** 3, False
+from digits.bench import openvino as _openvino  # noqa: E402,F401  (registers the openvino backend)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from digits._io import atomic_path, atomic_write, atomic_write_json
 
-COLUMNS = ["model", "backend", "device", "batch_size", "params", "macs_per_image", "artifact_bytes",
+COLUMNS = ["model", "backend", "precision", "device", "batch_size", "params", "macs_per_image", "artifact_bytes",
            "first_call_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "iterations", "throughput",
            "accuracy", "efficiency", "threads", "provider", "error"]
 
@@ -63,13 +63,16 @@ def to_markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# digits bench: {env['device']} ({env['device_name']}), {env['date']}", "",
              f"- CPU: {env['cpu']}, {env['cores']} cores, {env['threads']} threads",
-             f"- torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, python {env['python']}",
-             f"- FP32 matmul: {gemm_summary(env)}; timer overhead {env['harness_overhead_ms'] * 1e3:.2f} us",
+             f"- torch {env.get('torch', '?')}, onnxruntime {env.get('onnxruntime', '?')}, onnx {env.get('onnx', '?')}"
+             f"{', openvino ' + env['openvino'] if env.get('openvino') else ''}, python {env.get('python', '?')}",
+             f"- CPU features: {features(env)}; precisions swept: {', '.join(env.get('precisions') or ['fp32'])}",
+             f"- GEMM probes: {gemm_summary(env)}; timer overhead {env['harness_overhead_ms'] * 1e3:.2f} us",
              f"- round spread (median over cells of slowest/fastest round p50 - 1): {_fmt(env.get('round_spread'), '.1%')}",
-             "", "| model | backend | batch | p50 ms | p90 ms | p99 ms | first ms | img/s | accuracy | efficiency | error |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "", "| model | backend | precision | batch | p50 ms | p90 ms | p99 ms | first ms | img/s | accuracy | "
+             "efficiency | error |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["records"]:
-        lines.append(f"| {r['model']} | {r['backend']} | {r['batch_size']} | {_fmt(r['p50_ms'], '.4f')} | "
+        lines.append(f"| {r['model']} | {r['backend']} | {r.get('precision', 'fp32')} | {r['batch_size']} | "
+                     f"{_fmt(r['p50_ms'], '.4f')} | "
                      f"{_fmt(r['p90_ms'], '.4f')} | {_fmt(r['p99_ms'], '.4f')} | {_fmt(r['first_call_ms'], '.3f')} | "
                      f"{_fmt(r['throughput'], ',.0f')} | {_fmt(r['accuracy'], '.2%')} | {_fmt(r['efficiency'], '.3f')} | "
                      f"{r['error'] or ''} |")
@@ -77,24 +80,48 @@ def to_markdown(report: dict) -> str:
 
 
 def gemm_summary(env: dict) -> str:
-    """'peak (torch.mm) 219 GFLOP/s, onnxruntime MatMul 461 GFLOP/s' (older files: the peak alone).
+    """'torch.mm 219 GFLOP/s, onnxruntime MatMul 461 GFLOP/s, ...' (older files: the peak alone).
 
     A probe that failed is named with its reason, so a missing efficiency is explained."""
     rates = env.get("gemm_gflops") or ({"torch.mm": env["peak_gflops"]} if env.get("peak_gflops") else {})
-    parts = [f"{'peak (torch.mm)' if name == 'torch.mm' else name} {rate:.0f} GFLOP/s" for name, rate in rates.items()]
+    parts = [f"{name} {rate:,.0f} G{'OP' if 'Integer' in name or 'int8' in name else 'FLOP'}/s"
+             for name, rate in rates.items()]
     parts += [f"{name} failed ({why})" for name, why in (env.get("probe_errors") or {}).items()]
     return ", ".join(parts) or "not measured"
 
 
+def features(env: dict) -> str:
+    on = [f for f, yes in (env.get("cpu_features") or {}).items() if yes]
+    return " ".join(on) if on else "none detected"
+
+
 def fastest(records: list[dict]) -> set[tuple]:
-    """(model, batch_size, backend) of the lowest p50 per model and batch size."""
+    """(model, batch_size, backend, precision) of the lowest p50 per model and batch size."""
     best: dict[tuple, dict] = {}
     for r in records:
         if r["error"] is None:
             key = (r["model"], r["batch_size"])
             if key not in best or r["p50_ms"] < best[key]["p50_ms"]:
                 best[key] = r
-    return {(m, b, r["backend"]) for (m, b), r in best.items()}
+    return {(m, b, r["backend"], r.get("precision", "fp32")) for (m, b), r in best.items()}
+
+
+def best_cells(records: list[dict], batch: int = 256) -> list[dict]:
+    """Per model: the fastest cell at ``batch`` overall, the fastest FP32 cell, and the accuracy
+    cost of the former against the latter (points): the bench's one-line verdict."""
+    rows = []
+    for model in sorted({r["model"] for r in records}):
+        ok = [r for r in records if r["model"] == model and r["batch_size"] == batch and r["error"] is None]
+        fp32 = [r for r in ok if r.get("precision", "fp32") == "fp32"]
+        if not ok or not fp32:
+            continue
+        top, top32 = max(ok, key=lambda r: r["throughput"]), max(fp32, key=lambda r: r["throughput"])
+        rows.append({"model": model, "batch_size": batch, "backend": top["backend"], "precision": top.get("precision", "fp32"),
+                     "throughput": top["throughput"], "accuracy": top["accuracy"], "fp32_backend": top32["backend"],
+                     "fp32_throughput": top32["throughput"], "fp32_accuracy": top32["accuracy"],
+                     "speedup": top["throughput"] / top32["throughput"],
+                     "accuracy_cost_points": (top32["accuracy"] - top["accuracy"]) * 100})
+    return rows
 
 
 def compare(before: dict, after: dict, tolerance: float = 0.10) -> list[dict]:
@@ -104,7 +131,7 @@ def compare(before: dict, after: dict, tolerance: float = 0.10) -> list[dict]:
     either report is left out. ``within`` says whether ``|after / before - 1| <= tolerance``.
     """
     def key(r):
-        return r["model"], r["backend"], r["device"], r["batch_size"]
+        return r["model"], r["backend"], r.get("precision", "fp32"), r["device"], r["batch_size"]
 
     old = {key(r): r for r in before["records"] if r["error"] is None}
     rows = []
@@ -113,7 +140,8 @@ def compare(before: dict, after: dict, tolerance: float = 0.10) -> list[dict]:
         if o is None or r["error"] is not None:
             continue
         change = r["p50_ms"] / o["p50_ms"] - 1
-        rows.append({"model": r["model"], "backend": r["backend"], "device": r["device"],
+        rows.append({"model": r["model"], "backend": r["backend"], "precision": r.get("precision", "fp32"),
+                     "device": r["device"],
                      "batch_size": r["batch_size"], "before_p50_ms": o["p50_ms"], "after_p50_ms": r["p50_ms"],
                      "change": change, "within": abs(change) <= tolerance})
     return rows
@@ -123,22 +151,25 @@ def table(report: dict) -> Table:
     env = report["environment"]
     t = Table(title=f"digits bench on {env['device_name']} ({env['device']}, {env['threads']} threads; "
                     f"{gemm_summary(env)})", title_style="bold", pad_edge=False)
-    for c in ("model", ">batch", "backend", ">p50 us", ">p99 us", ">img/s", ">eff", ">acc"):
+    for c in ("model", ">batch", "backend", "prec", ">p50 us", ">p99 us", ">img/s", ">eff", ">acc"):
         t.add_column(c.lstrip(">"), justify="right" if c.startswith(">") else "left", no_wrap=True)
     best = fastest(report["records"])
     last_model = None
-    for r in sorted(report["records"], key=lambda r: (r["model"], r["batch_size"], r["backend"])):
+    for r in sorted(report["records"], key=lambda r: (r["model"], r["batch_size"], r["backend"], r.get("precision", ""))):
         if last_model not in (None, r["model"]):
             t.add_section()
         last_model = r["model"]
         if r["error"]:
-            t.add_row(r["model"], str(r["batch_size"]), r["backend"], "[red]failed[/]", "", "", "", "")
+            t.add_row(r["model"], str(r["batch_size"]), r["backend"], r.get("precision", "fp32"), "[red]failed[/]",
+                      "", "", "", "")
             continue
-        style = "bold green" if (r["model"], r["batch_size"], r["backend"]) in best else None
-        t.add_row(r["model"], str(r["batch_size"]), r["backend"], f"{r['p50_ms'] * 1e3:,.1f}", f"{r['p99_ms'] * 1e3:,.1f}",
-                  f"{r['throughput']:,.0f}", f"{r['efficiency']:.2f}", f"{r['accuracy']:.2%}", style=style)
-    t.caption = ("bold green: fastest backend for that model and batch size (lowest p50); "
-                 "eff: throughput x 2 x MACs / the torch.mm peak")
+        prec = r.get("precision", "fp32")
+        style = "bold green" if (r["model"], r["batch_size"], r["backend"], prec) in best else None
+        t.add_row(r["model"], str(r["batch_size"]), r["backend"], prec, f"{r['p50_ms'] * 1e3:,.1f}",
+                  f"{r['p99_ms'] * 1e3:,.1f}", f"{r['throughput']:,.0f}", _fmt(r["efficiency"], ".2f") or "-",
+                  f"{r['accuracy']:.2%}", style=style)
+    t.caption = ("bold green: fastest backend+precision for that model and batch size (lowest p50); "
+                 "eff: throughput x 2 x MACs / the fastest GEMM probe of the cell's precision")
     if any(r["error"] for r in report["records"]):
         t.caption += "; red: the cell failed, its reason is in the record's error field and on stderr"
     return t
@@ -154,30 +185,36 @@ def plot(report: dict, out: Path) -> list[Path]:
     if not ok:
         return []
     models = sorted({r["model"] for r in ok})
-    backends = sorted({r["backend"] for r in ok})
+    backends = sorted({_label(r) for r in ok})
     env = report["environment"]
-    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
+    # colour = backend, line style = precision: one legend entry each, readable at any count
+    colours = {b: f"C{i}" for i, b in enumerate(sorted({r["backend"] for r in ok}))}
+    styles = {"fp32": "-", "bf16": "--", "fp16": "-.", "int8": ":"}
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4.6), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         for be in backends:
-            pts = sorted((r["batch_size"], r["p50_ms"]) for r in ok if r["model"] == model and r["backend"] == be)
+            pts = sorted((r["batch_size"], r["p50_ms"]) for r in ok if r["model"] == model and _label(r) == be)
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=be)
+                backend, precision = be.split(" ")
+                ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, color=colours[backend],
+                        linestyle=styles.get(precision, "-"), label=be)
         ax.set(xscale="log", yscale="log", title=model, xlabel="batch size", ylabel="p50 latency (ms)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(f"Latency vs batch size, {env['device_name']} ({env['device']}), {env['date'][:10]}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(backends) - 1) // 6), 1, 1))
     paths = [_save(fig, out / f"{stem(report)}-latency.png")]
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = dict(zip(backends, "osD^vP*X", strict=False))  # marker = backend, colour = model
+    markers = dict(zip(backends, "osD^vP*Xphd<>8H", strict=False))  # marker = backend+precision, colour = model
     for i, model in enumerate(models):
         for be in backends:
-            pts = [r for r in ok if r["model"] == model and r["backend"] == be and r["batch_size"] == 1]
+            pts = [r for r in ok if r["model"] == model and _label(r) == be and r["batch_size"] == 1]
             if pts:
                 ax.scatter(pts[0]["p50_ms"] * 1e3, pts[0]["accuracy"] * 100, s=50, color=f"C{i}",
-                           marker=markers[be], label=f"{model} / {be}")
+                           marker=markers.get(be, "o"), label=f"{model} / {be}")
     ax.legend(fontsize=7, ncol=len(models), loc="best")
     ax.set(xscale="log", xlabel="batch-1 p50 latency (us, log)", ylabel="test accuracy (%)",
            title=f"Accuracy vs batch-1 latency, {env['device']}, {env['date'][:10]}")
@@ -186,6 +223,10 @@ def plot(report: dict, out: Path) -> list[Path]:
     paths.append(_save(fig, out / f"{stem(report)}-accuracy.png"))
     plt.close(fig)
     return paths
+
+
+def _label(r: dict) -> str:
+    return f"{r['backend']} {r.get('precision', 'fp32')}"
 
 
 def _save(fig, path: Path) -> Path:

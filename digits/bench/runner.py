@@ -16,12 +16,14 @@ from typing import Callable
 
 import torch
 
-from digits.bench.backends import Backend, create_backend, list_backends, onnxruntime_matmul_probe
-from digits.bench.timing import Timing, fp32_matmul, gflops, harness_overhead_ms, matmul_probe, measure
+from digits.bench import probes as _probes
+from digits.bench.backends import Backend, create_backend, list_backends
+from digits.bench.timing import Timing, fp32_matmul, gflops, harness_overhead_ms, measure
 from digits.checkpoint import now_iso
 from digits.export import runtime_versions
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models, model_info
+from digits.precision import PRECISIONS, cpu_features, native_precisions
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128, 256)
 
@@ -29,8 +31,9 @@ DEFAULT_BATCH_SIZES = (1, 8, 32, 128, 256)
 @dataclass
 class BenchConfig:
     models: list[str] = field(default_factory=list_models)
-    backends: list[str] = field(default_factory=lambda: [b for b in list_backends() if create_backend(b).default])
+    backends: list[str] = field(default_factory=lambda: default_backends())
     device: str = "cpu"
+    precisions: list[str] | None = None  # None: fp32 + every reduced precision the device runs natively
     batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
     threads: int | None = None  # None: all cores
     warmup: int = 10  # calls before timing, per batch size
@@ -46,6 +49,9 @@ class BenchConfig:
                 raise UsageError(f"Unknown model {m!r}. Choose from: {', '.join(list_models())}.")
         for b in self.backends:
             create_backend(b)
+        for p in self.precisions or []:
+            if p not in PRECISIONS:
+                raise UsageError(f"Unknown precision {p!r}. Choose from: {', '.join(PRECISIONS)}.")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UsageError(f"Batch sizes must be whole numbers >= 1, got {self.batch_sizes}.")
         if self.device not in ("cpu", "cuda"):
@@ -58,6 +64,29 @@ class BenchConfig:
         if self.warmup < 0 or self.min_time < 0 or self.rounds < 1:
             raise UsageError("--warmup and --min-time must not be negative, and --rounds must be at least 1.")
 
+    def resolved_precisions(self) -> list[str]:
+        return list(self.precisions) if self.precisions else native_precisions(self.device)
+
+
+def default_backends() -> list[str]:
+    """The default sweep: every backend marked default whose runtime is installed."""
+    return [b for b in list_backends() if create_backend(b).default and create_backend(b).available() is None]
+
+
+def pairs(cfg: BenchConfig) -> tuple[list[tuple[str, str]], list[str]]:
+    """``([(backend, precision)], [why a pair was left out])`` for the sweep.
+
+    A pair the backend has no path for (eager int8, onnxruntime bf16) is left out of a sweep
+    and listed; a precision that no backend runs becomes error records, so it is never silent.
+    """
+    keep, left_out = [], []
+    precisions = cfg.resolved_precisions()
+    for p in precisions:
+        runs = [b for b in cfg.backends if p in create_backend(b).precisions]
+        keep += [(b, p) for b in (runs or cfg.backends)]
+        left_out += [f"{b} {p}: {b} has no {p} path" for b in cfg.backends if runs and b not in runs]
+    return keep, left_out
+
 
 @dataclass
 class Record:
@@ -65,6 +94,7 @@ class Record:
     backend: str
     device: str
     batch_size: int
+    precision: str
     params: int
     macs_per_image: int
     artifact_bytes: int | None = None
@@ -77,7 +107,7 @@ class Record:
     iterations: int | None = None
     throughput: float | None = None  # images per second, from p50
     accuracy: float | None = None  # full test set through this backend
-    efficiency: float | None = None  # throughput x 2 x MACs / peak FLOP/s
+    efficiency: float | None = None  # throughput x 2 x MACs / fastest GEMM of this precision (FLOP/s)
     threads: int | None = None
     provider: str | None = None
     settings: dict = field(default_factory=dict)
@@ -86,7 +116,7 @@ class Record:
 
 
 def efficiency(throughput: float, macs_per_image: int, peak_gflops_: float) -> float:
-    """Fraction of the machine's FP32 matmul peak that this throughput represents."""
+    """Fraction of the machine's fastest GEMM (in the cell's precision) that this throughput represents."""
     return throughput * 2 * macs_per_image / (peak_gflops_ * 1e9)
 
 
@@ -117,14 +147,25 @@ def cpu_name() -> str:
 
 def environment(cfg: BenchConfig) -> dict:
     cuda = cfg.device == "cuda"
+    errors: dict[str, str] = {}
+    try:  # a runtime's version query is a second opinion too: never the reason a sweep dies
+        versions = runtime_versions()
+    except Exception as e:  # noqa: BLE001
+        versions, errors["runtime_versions"] = {}, _reason(e)
     return {
         "date": now_iso(),
         "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "device": cfg.device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
-        **runtime_versions(),
-        "peak_gflops": None,  # filled by run_bench from probes interleaved with the cells
-        "gemm_gflops": None,  # every GEMM probe's rate, torch.mm (= peak_gflops) first
-        "probe_errors": {},  # probe name -> why it failed (the sweep goes on without it)
+        **versions, **_openvino_version(),
+        "cpu_features": cpu_features(),  # the flags that decide which precisions are native
+        "native_precisions": native_precisions(cfg.device),
+        "precisions": cfg.resolved_precisions(),
+        "left_out": [],  # backend/precision pairs with no path, not swept
+        "peak_gflops": None,  # fastest FP32 GEMM probe; filled by run_bench from probes interleaved with the cells
+        "peak_gflops_by_precision": None,  # precision -> fastest probe of that precision: what efficiency divides by
+        "gemm_gflops": None,  # every GEMM probe's rate (int8: GOP/s)
+        "gemm_precision": None,  # probe name -> its precision
+        "probe_errors": errors,  # probe (or version query) -> why it failed (the sweep goes on without it)
         "round_spread": None,  # how much the machine's speed moved between rounds
         "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
         "config": asdict(cfg),
@@ -151,16 +192,18 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     env = environment(cfg)
+    swept, env["left_out"] = pairs(cfg)
     records: list[Record] = []
     cells = []  # (record, backend, prepared input)
     for model in cfg.models:
         info = model_info(model)
-        for name in cfg.backends:
-            base = dict(model=model, backend=name, device=cfg.device, params=info.params,
+        for name, precision in swept:
+            base = dict(model=model, backend=name, device=cfg.device, precision=precision, params=info.params,
                         macs_per_image=info.macs, threads=threads)
             try:
                 backend = create_backend(name).load(model, cfg.device, checkpoint=Path(cfg.checkpoint),
-                                                    artifacts=Path(cfg.artifacts), threads=threads)
+                                                    artifacts=Path(cfg.artifacts), threads=threads,
+                                                    precision=precision)
                 acc = accuracy(backend, x, y)
             except Exception as e:  # noqa: BLE001 - a failing cell is data, the sweep goes on
                 records += [Record(**base, batch_size=b, error=_reason(e)) for b in cfg.batch_sizes]
@@ -174,12 +217,12 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 except Exception as e:  # noqa: BLE001
                     rec.error = _reason(e)
     timings: dict[int, Timing] = {}
-    probes, probe_errors = _gemm_probes(cfg.device, threads)
+    probes, probe_errors = _gemm_probes(cfg, threads)
     gemm: dict[str, Timing] = {}
     for round_ in range(cfg.rounds):
         # The matmul peak is probed in every round too, so a machine that speeds up or slows
         # down during the sweep moves numerator and denominator of `efficiency` together.
-        for name, (call, _, cuda) in list(probes.items()):
+        for name, (call, _, cuda, _precision) in list(probes.items()):
             try:
                 with fp32_matmul():
                     t = measure(call, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds),
@@ -203,38 +246,54 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
             timings[id(rec)] = timings[id(rec)].extend(t) if round_ else t
             rec.round_p50_ms.append(t.stats.p50_ms)
     env["gemm_gflops"] = {name: gflops(probes[name][1], t) for name, t in gemm.items()}
-    env["probe_errors"] = probe_errors
+    env["gemm_precision"] = {name: probes[name][3] for name in gemm}
+    env["probe_errors"].update(probe_errors)
     env["round_spread"] = round_spread(records)
-    env["peak_gflops"] = env["gemm_gflops"].get("torch.mm")  # None if that probe failed: no efficiency
+    peaks: dict[str, float] = {}
+    for name, rate in env["gemm_gflops"].items():
+        p = env["gemm_precision"][name]
+        peaks[p] = max(peaks.get(p, 0.0), rate)
+    env["peak_gflops_by_precision"] = peaks
+    env["peak_gflops"] = peaks.get("fp32")  # None if every FP32 probe failed: no FP32 efficiency
     for rec in records:
         if (t := timings.get(id(rec))) and not rec.error:
             for k, v in t.to_dict().items():
                 setattr(rec, k, v)
             rec.throughput = rec.batch_size / (rec.p50_ms / 1e3)
-            if env["peak_gflops"]:
-                rec.efficiency = efficiency(rec.throughput, rec.macs_per_image, env["peak_gflops"])
+            if peaks.get(rec.precision):  # no probe of this precision: no efficiency, never a made-up one
+                rec.efficiency = efficiency(rec.throughput, rec.macs_per_image, peaks[rec.precision])
             if samples is not None:
-                samples[f"{rec.model}/{rec.backend}/{rec.device}/{rec.batch_size}"] = t.samples_ms
+                samples[sample_key(rec)] = t.samples_ms
         on_record(rec)
     return {"environment": env, "records": [asdict(r) for r in records]}
 
 
-def _gemm_probes(device: str, threads: int) -> tuple[dict, dict]:
-    """``({name: (call, flops, cuda_events)}, {name: why it could not be built})``.
+def sample_key(rec: Record) -> str:
+    return f"{rec.model}/{rec.backend}/{rec.precision}/{rec.device}/{rec.batch_size}"
 
-    torch.mm is the peak that `efficiency` divides by; onnxruntime's MatMul is a second
-    opinion on the CPU. A probe that cannot be built is recorded, and the sweep goes on.
+
+def _gemm_probes(cfg: BenchConfig, threads: int) -> tuple[dict, dict]:
+    """``({name: (call, flops, cuda_events, precision)}, {name: why it could not be built})``.
+
+    Every precision in the sweep gets its probes (see :mod:`digits.bench.probes`); a probe
+    that cannot be built is recorded, and the sweep goes on.
     """
-    makers = {"torch.mm": lambda: matmul_probe(device)}
-    if device == "cpu":
-        makers["onnxruntime MatMul"] = lambda: onnxruntime_matmul_probe(threads)
     probes, errors = {}, {}
-    for name, make in makers.items():
+    for name, (precision, make) in _probes.gemm_probes(cfg.device, threads, cfg.resolved_precisions(),
+                                                        cfg.backends).items():
         try:
-            probes[name] = make()
+            probes[name] = (*make(), precision)
         except Exception as e:  # noqa: BLE001
             errors[name] = _reason(e)
     return probes, errors
+
+
+def _openvino_version() -> dict:
+    try:
+        import openvino
+    except Exception:  # noqa: BLE001 - absent or broken: the backend's cells say which
+        return {"openvino": None}
+    return {"openvino": openvino.__version__.split("-")[0]}
 
 
 def _batch(x: torch.Tensor, b: int) -> torch.Tensor:
@@ -243,5 +302,14 @@ def _batch(x: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def _reason(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+    # Some runtimes (OpenVINO) put only "Exception from <file>:" on the first line; keep
+    # the lines that say what went wrong, up to 300 characters.
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0]
+    for ln in lines[1:]:
+        if not text.endswith(":") and "Summary" not in text:
+            break
+        text += " " + ln
+    return f"{type(e).__name__}: {text[:300]}"

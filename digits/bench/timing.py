@@ -117,15 +117,16 @@ def harness_overhead_ms(cuda_events: bool = False) -> float:
     return measure(lambda: None, warmup=100, min_iters=2000, min_time=0.1, cuda_events=cuda_events).stats.p50_ms
 
 
-def matmul_probe(device: str = "cpu", n: int = 2048):
-    """``(call, flops, cuda_events)`` for one large FP32 ``torch.mm`` on ``device``: the peak.
+def matmul_probe(device: str = "cpu", n: int = 2048, dtype: str = "fp32"):
+    """``(call, flops, cuda_events)`` for one large ``torch.mm`` on ``device`` (fp32, bf16 or fp16).
 
     It runs on the current ``torch.get_num_threads()``, so set threads first; time it
     inside :func:`fp32_matmul` so that CUDA's TF32 is off and the figure is true FP32.
     """
     dev = torch.device(device)
-    a = torch.randn(n, n, device=dev)
-    b = torch.randn(n, n, device=dev)
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a = torch.randn(n, n, device=dev, dtype=kind)
+    b = torch.randn(n, n, device=dev, dtype=kind)
     return (lambda: torch.mm(a, b)), 2 * n ** 3, dev.type == "cuda"
 
 

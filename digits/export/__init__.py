@@ -19,7 +19,7 @@ from digits._io import atomic_write_json, sha256_file
 from digits.checkpoint import checkpoint_dir, load_checkpoint, now_iso, versions
 from digits.errors import DigitsError
 from digits.export import onnx as _onnx_format, pt2, torchscript  # noqa: F401  (importing registers them)
-from digits.export._registry import Runner, format_for_path, get_format, list_formats
+from digits.export._registry import Runner, artifact_name, format_for_path, get_format, list_formats, manifest_key, parse_artifact
 from digits.export.onnx import DEFAULT_OPSET
 from digits.export.parity import Parity, check_parity
 
@@ -46,33 +46,43 @@ def read_exports(folder: Path) -> dict:
 
 
 def _record(model: str, fmt: str, path: Path, entry: dict) -> dict:
-    return {"model": model, "format": fmt, "path": str(path), **{k: entry[k] for k in (
-        "sha256", "bytes", "max_abs_diff", "argmax_agreement", "accuracy", "passed")},
-        "eager_accuracy": entry["eager_accuracy"], "images": entry["images"], "opset": entry.get("opset"),
-        "legacy": entry["legacy"]}
+    return {"model": model, "format": fmt, "precision": entry.get("precision", "fp32"), "path": str(path),
+            **{k: entry[k] for k in ("sha256", "bytes", "max_abs_diff", "argmax_agreement", "accuracy", "passed")},
+            "eager_accuracy": entry["eager_accuracy"], "images": entry["images"], "opset": entry.get("opset"),
+            "legacy": entry["legacy"], "thresholds": entry.get("thresholds")}
 
 
 def export_model(model: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
                  checkpoint: str | os.PathLike = "artifacts", out: str | os.PathLike = "artifacts",
-                 opset: int = DEFAULT_OPSET) -> dict:
-    """Export one checkpoint to one format, reload it from disk, and check parity on (x, y)."""
+                 opset: int = DEFAULT_OPSET, precision: str = "fp32", train_x: torch.Tensor | None = None,
+                 int8=None) -> dict:
+    """Export one checkpoint to one format and precision, reload it from disk, and check parity on (x, y).
+
+    ``train_x`` (training images) calibrates int8; ``int8`` overrides its :class:`Int8Settings`.
+    """
+    from digits.precision import at_precision
+
     exporter = get_format(fmt)
+    path_name = artifact_name(fmt, precision)  # refuses a precision the format cannot carry
     eager, ckpt = load_checkpoint(checkpoint_dir(checkpoint, model), model)
     folder = checkpoint_dir(out, model)
-    path = folder / exporter.filename
+    path = folder / path_name
     try:
-        extra = exporter.export(eager, path, opset=opset, model_name=model)
+        source = eager if precision in ("fp32", "int8") else at_precision(eager, precision)
+        extra = exporter.export(source, path, opset=opset, model_name=model, precision=precision,
+                                train_x=train_x, int8=int8)
     except DigitsError:
         raise
     except Exception as e:  # noqa: BLE001 - exporters raise many types; the user needs the gist
-        raise DigitsError(f"Exporting {model} to {fmt} failed: {str(e).strip().splitlines()[0][:300]}") from None
-    parity = check_parity(exporter.load(path), eager, x, y)
-    entry = {"format": fmt, "file": exporter.filename, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+        raise DigitsError(f"Exporting {model} to {fmt} ({precision}) failed: "
+                          f"{str(e).strip().splitlines()[0][:300]}") from None
+    parity = check_parity(exporter.load(path), eager, x, y, precision=precision)
+    entry = {"format": fmt, "file": path_name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
              "legacy": exporter.legacy, **extra, **parity.to_dict(),
              "checkpoint_sha256": ckpt["weights_sha256"], "versions": runtime_versions(), "created": now_iso()}
     manifest = read_exports(folder)
     manifest.update({"model": model})
-    manifest["formats"][fmt] = entry
+    manifest["formats"][manifest_key(fmt, precision)] = entry
     atomic_write_json(folder / EXPORTS, manifest)
     return _record(model, fmt, path, entry)
 
@@ -94,9 +104,10 @@ def load_artifact(path: str | os.PathLike, device: str = "cpu") -> Runner:
 def checked_path(path: str | os.PathLike) -> Path:
     """``path`` once its sha256 matches the export manifest; raises otherwise."""
     path = Path(path)
-    fmt = format_for_path(path)
+    fmt, precision = parse_artifact(path)
     if not path.is_file():
-        raise DigitsError(f"{path} does not exist. Run `digits export --format {fmt.name}` first.")
+        raise DigitsError(f"{path} does not exist. Run `digits export --format {fmt.name}"
+                          f"{'' if precision == 'fp32' else ' --precision ' + precision}` first.")
     entry = _entry_for(path)
     if (digest := sha256_file(path)) != entry["sha256"]:
         raise DigitsError(f"{path} does not match its export manifest (sha256 {digest[:16]}..., expected "
@@ -130,6 +141,6 @@ def verify_path(target: str | os.PathLike, x: torch.Tensor, y: torch.Tensor, *,
         if ckpt["weights_sha256"] != entry["checkpoint_sha256"]:
             raise DigitsError(f"{path} was exported from a different checkpoint than {ckpt_dir}; "
                               "re-export it or point --checkpoint at the original.")
-        parity: Parity = check_parity(run, eager, x, y)
+        parity: Parity = check_parity(run, eager, x, y, precision=entry.get("precision", "fp32"))
         records.append(_record(model, entry["format"], path, {**entry, **parity.to_dict(), "sha256": entry["sha256"]}))
     return records

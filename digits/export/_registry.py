@@ -23,8 +23,9 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 
 class Format(Protocol):
     name: str
-    filename: str
+    filename: str  # the FP32 artifact; a reduced precision inserts itself: model.int8.onnx
     legacy: bool
+    precisions: tuple[str, ...]  # what this format can carry (digits.precision)
 
     def export(self, model: nn.Module, path: Path, **opts) -> dict: ...
 
@@ -51,12 +52,33 @@ def get_format(name: str) -> Format:
     return _FORMATS[name]
 
 
-def format_for_path(path: Path) -> Format:
+def artifact_name(fmt: str, precision: str = "fp32") -> str:
+    """``model.onnx`` for FP32, ``model.int8.onnx``, ``model.bf16.pt2``... for the others."""
+    f = get_format(fmt)
+    if precision not in f.precisions:
+        carriers = [n for n, g in _FORMATS.items() if precision in g.precisions]
+        raise UsageError(f"The {fmt} format cannot carry {precision}: it holds {', '.join(f.precisions)}. "
+                         f"{precision} is exported as: {', '.join(carriers) or 'no format'}.")
+    return f.filename if precision == "fp32" else f.filename.replace("model.", f"model.{precision}.", 1)
+
+
+def parse_artifact(path: Path) -> tuple[Format, str]:
+    """The format and precision that an artifact's file name says it holds."""
     for fmt in _FORMATS.values():
-        if path.name == fmt.filename:
-            return fmt
-    names = ", ".join(f.filename for f in _FORMATS.values())
+        for precision in fmt.precisions:
+            if path.name == artifact_name(fmt.name, precision):
+                return fmt, precision
+    names = ", ".join(artifact_name(f.name, p) for f in _FORMATS.values() for p in f.precisions)
     raise UsageError(f"{path} is not a digits artifact (expected one of: {names}).")
+
+
+def format_for_path(path: Path) -> Format:
+    return parse_artifact(path)[0]
+
+
+def manifest_key(fmt: str, precision: str = "fp32") -> str:
+    """The artifact's key in exports.json: the format for FP32 (as before precisions), else format-precision."""
+    return fmt if precision == "fp32" else f"{fmt}-{precision}"
 
 
 def example_input(batch: int = 2) -> torch.Tensor:

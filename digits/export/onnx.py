@@ -13,6 +13,7 @@ import functools
 import io
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -98,8 +99,18 @@ class Onnx:
     name = "onnx"
     filename = "model.onnx"
     legacy = False
+    precisions = ("fp32", "int8")
 
-    def export(self, model: nn.Module, path: Path, *, opset: int = DEFAULT_OPSET, model_name: str = "", **_) -> dict:
+    def export(self, model: nn.Module, path: Path, *, opset: int = DEFAULT_OPSET, model_name: str = "",
+               precision: str = "fp32", train_x: torch.Tensor | None = None, int8=None, **_) -> dict:
+        if precision == "int8":  # FP32 first, then onnxruntime's static quantization of that file
+            from digits.export.quantize import Int8Settings, quantize_int8
+
+            if train_x is None:
+                raise DigitsError("int8 export needs training images for calibration (train_x).")
+            with tempfile.TemporaryDirectory(prefix="digits-onnx-") as tmp:
+                fields = self.export(model, Path(tmp) / self.filename, opset=opset, model_name=model_name)
+                return {**fields, **quantize_int8(Path(tmp) / self.filename, path, train_x, int8 or Int8Settings())}
         import onnx
 
         check_opset(opset)

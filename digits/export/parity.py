@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-MAX_ABS_DIFF = 1e-4  # pass criterion on logits
+from digits.precision import FP32_THRESHOLDS, passes, thresholds
+
+MAX_ABS_DIFF = FP32_THRESHOLDS["max_abs_diff"]  # FP32's pass criterion on logits
 DYNAMIC_BATCHES = (1, 7, 64)  # plus the whole set in one batch
 
 
@@ -24,6 +26,8 @@ class Parity:
     batch_sizes: list[int]  # batch sizes the artifact was run at, proving a dynamic batch
     images: int
     passed: bool
+    precision: str = "fp32"
+    thresholds: dict | None = None  # what ``passed`` was judged against (digits.precision)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,12 +35,14 @@ class Parity:
 
 @torch.inference_mode()
 def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module, x: torch.Tensor,
-                 y: torch.Tensor, chunk: int = 1000, tol: float = MAX_ABS_DIFF) -> Parity:
+                 y: torch.Tensor, chunk: int = 1000, precision: str = "fp32") -> Parity:
     """Run ``run`` and ``eager`` on the same inputs and compare logits and predictions.
 
     The whole of ``x`` goes through the artifact in fixed-size chunks and once more as a
     single batch; batches of 1, 7 and 64 are compared too, so a batch dimension that was
-    specialised at export time fails here rather than in deployment.
+    specialised at export time fails here rather than in deployment. ``precision`` picks
+    the thresholds: FP32 must match logits, a reduced precision must keep accuracy and
+    predictions (see :mod:`digits.precision`).
     """
     eager = eager.eval()
     ref = torch.cat([eager(x[i:i + chunk]) for i in range(0, len(x), chunk)])
@@ -51,8 +57,7 @@ def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module, 
             sizes.append(b)
     pred, ref_pred = got.argmax(1), ref.argmax(1)
     agreement = (pred == ref_pred).sum().item() / len(x)  # exact fractions, not float32 means
-    max_diff = max(diffs)
-    return Parity(max_abs_diff=max_diff, argmax_agreement=agreement,
-                  accuracy=(pred == y).sum().item() / len(x), eager_accuracy=(ref_pred == y).sum().item() / len(x),
-                  batch_sizes=sorted(set(sizes)), images=len(x),
-                  passed=max_diff <= tol and agreement == 1.0)
+    figures = dict(max_abs_diff=max(diffs), argmax_agreement=agreement, accuracy=(pred == y).sum().item() / len(x),
+                   eager_accuracy=(ref_pred == y).sum().item() / len(x))
+    return Parity(**figures, batch_sizes=sorted(set(sizes)), images=len(x), passed=passes(precision, **figures),
+                  precision=precision, thresholds=thresholds(precision))

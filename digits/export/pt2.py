@@ -6,6 +6,7 @@ The successor to TorchScript. Saved with ``torch.export.save``, reloaded with
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ class Pt2:
     name = "pt2"
     filename = "model.pt2"
     legacy = False
+    precisions = ("fp32", "bf16", "fp16")
 
     def export(self, model: nn.Module, path: Path, **_) -> dict:
         program = export_program(model)
@@ -36,7 +38,9 @@ class Pt2:
 
     def open(self, path: Path, device: str = "cpu") -> nn.Module:
         try:
-            return torch.export.load(str(path)).module().to(device)
+            with warnings.catch_warnings():  # torch 2.14 warns about reduced-precision weight groups it then loads fine
+                warnings.simplefilter("ignore")
+                return torch.export.load(str(path)).module().to(device)
         except Exception as e:  # noqa: BLE001
             raise DigitsError(f"{path} is not a loadable torch.export (.pt2) file ({_first_line(e)}). "
                               "Re-create it with `digits export --format pt2`.") from None

@@ -32,6 +32,7 @@ class TorchScript:
     name = "torchscript"
     filename = "model.ts.pt"
     legacy = True
+    precisions = ("fp32", "bf16", "fp16")
 
     def export(self, model: nn.Module, path: Path, **_) -> dict:
         with _quiet():

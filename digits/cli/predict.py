@@ -1,0 +1,57 @@
+"""``digits predict``: the digit in your own images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from digits.cli._common import (
+    CheckpointDir,
+    DataDir,
+    JsonFlag,
+    ModelOnly,
+    data_root,
+    app,
+)
+from digits.errors import DigitsError
+from digits.ui import emit_json, guard, log, out, table
+
+
+@app.command()
+@guard
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or directories (a directory is one batch).")],
+    model: Annotated[ModelOnly, typer.Option(help="Model to use.")] = ModelOnly["lenet5"],
+    backend: Annotated[str, typer.Option(help="eager, torchscript, onnxruntime, pt2 or compile.")] = "onnxruntime",
+    top: Annotated[int, typer.Option("--top-k", min=1, max=10, help="How many classes to show per image.")] = 3,
+    checkpoint: CheckpointDir = Path("artifacts"),
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
+    save_preprocessed: Annotated[Path | None, typer.Option(show_default=False,
+                                                           help="Write the 28x28 images the model saw here.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+):
+    """Predict the digit in your own images (photos, drawings, scans)."""
+    from digits.bench.backends import create_backend
+    from digits.predict import predict_files, top_k
+
+    create_backend(backend)  # unknown backend: exit 2 with the choices
+    results = predict_files(inputs, model=model.value, backend=backend, checkpoint=checkpoint, artifacts=artifacts,
+                            data_root=data_root(data_dir), save_preprocessed=save_preprocessed, log=log)
+    if as_json:
+        emit_json(results)
+    else:
+        t = table(f"{model.value} via {backend}", "~image", ">digit", "~top-k probabilities")
+        for r in results:
+            if "error" in r:
+                t.add_row(r["path"], "[red]-[/]", f"[red]{r['error'].removeprefix(r['path'] + ': ')}[/]")
+            else:
+                t.add_row(r["path"], f"[bold]{r['prediction']}[/]",
+                          "  ".join(f"{c}: {p:.1%}" for c, p in top_k(r["probabilities"], top)))
+        out.print(t)
+    failed = [r for r in results if "error" in r]
+    if failed:
+        raise DigitsError(f"{len(failed)} of {len(results)} file(s) could not be predicted: "
+                          + "; ".join(r["error"] for r in failed[:5]))
