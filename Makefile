@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-oldest lint bench bench-train fixture clean
+.PHONY: setup run serve test test-oldest lint bench bench-serve bench-train fixture clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,14 @@ lint: setup
 # pytest-benchmark suite (also run once, untimed, by `make test`).
 bench: setup
 	$(PY) -m pytest -q -m benchmark --benchmark-enable --benchmark-json=results/pytest-benchmark.json
+
+# Load test of `digits serve` on 127.0.0.1, batch-1 against dynamic batching -> results/serve-cpu-<date>.*
+bench-serve: setup
+	$(PY) scripts/bench_serve.py --requests 3000 --out results
+
+# The drawing page and the API on http://127.0.0.1:8000/ (after `make run`)
+serve: setup
+	$(VENV)/bin/digits serve
 
 # Accuracy targets: default recipe over 3 seeds -> results/train-<date>.json
 bench-train: setup

@@ -9,6 +9,7 @@ small digit in a large photo, RGBA canvases, a frame line or a paper edge at the
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +27,29 @@ class ImageError(DigitsError):
     """A per-file problem: predict reports it for that file and goes on."""
 
 
-def load_gray(path: str | Path) -> np.ndarray:
-    """Read any PIL-readable image as float32 [H, W] in 0..1, flattening alpha sensibly."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError("does not exist")
-    if not path.is_file():
-        raise ImageError("is not a regular file")
+class TooLarge(ImageError):
+    """An image over the pixel limit (the server answers 413)."""
+
+
+def load_gray(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read any PIL-readable image (a file, or its bytes) as float32 [H, W] in 0..1, flattening alpha sensibly."""
+    if isinstance(path, bytes):
+        if not path:
+            raise ImageError("is empty")
+        source = io.BytesIO(path)
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise ImageError("does not exist")
+        if not path.is_file():
+            raise ImageError("is not a regular file")
+        source = path
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is larger than the {MAX_PIXELS // 1_000_000} MP limit")
+            if w * h > max_pixels:
+                raise TooLarge(f"{w}x{h} pixels ({w * h / 1e6:.1f} MP) is larger than the "
+                               f"{max_pixels / 1e6:g} MP limit")
             im.load()
             img = im.copy()
     except ImageError:

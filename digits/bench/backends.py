@@ -191,7 +191,10 @@ class OnnxRuntime(Backend):
     def _open(self, model, device, *, checkpoint, threads):
         from digits.export.onnx import session_options
 
-        self.session = get_format("onnx").open(self.artifact, device, threads=threads)
+        # Spinning threads cut small-batch latency in a benchmark, but a server sharing the
+        # cores with its event loop turns it off (digits serve sets spinning = False).
+        self.session = get_format("onnx").open(self.artifact, device, threads=threads,
+                                               spinning=getattr(self, "spinning", True))
         self.settings = session_options(self.session)
 
     @property

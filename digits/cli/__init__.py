@@ -8,7 +8,7 @@ message and its exit code (2 bad usage, 1 run-time failure), never a traceback.
 """
 
 from digits.cli._common import app
-from digits.cli import data, train, export, bench, predict, run  # noqa: F401,E402  (registers, in --help order)
+from digits.cli import data, train, export, bench, predict, run, serve  # noqa: F401,E402  (registers, in --help order)
 
 __all__ = ["app", "main"]
 

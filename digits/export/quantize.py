@@ -82,14 +82,23 @@ def quantize_int8(fp32_onnx: Path, path: Path, train_x: torch.Tensor, settings: 
         raise DigitsError(f"Unknown int8 setting {e}: see digits.export.quantize.Int8Settings.") from None
     with tempfile.TemporaryDirectory(prefix="digits-int8-") as tmp, _quiet():
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=False)
+        symbolic = True
+        try:
+            quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=False)
+        except Exception:  # noqa: BLE001
+            # onnxruntime < 1.21's symbolic shape inference cannot read the Constant nodes
+            # that onnxscript 0.7 writes; ONNX's own shape inference is enough for these
+            # graphs, whose only symbolic dimension is the batch.
+            symbolic = False
+            quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
         excluded = _first_conv(pre) if settings.exclude_first_conv else []
         with atomic_path(path) as out:
             quantize_static(str(pre), str(out), Reader(), quant_format=fmt, per_channel=settings.per_channel,
                             activation_type=act, weight_type=weight, op_types_to_quantize=list(settings.op_types) or None,
                             nodes_to_exclude=excluded, calibrate_method=method,
                             extra_options={"CalibTensorRangeSymmetric": False})
-    return {"int8": {**settings.to_dict(), "calibration_images": len(images), "nodes_excluded": excluded}}
+    return {"int8": {**settings.to_dict(), "calibration_images": len(images), "nodes_excluded": excluded,
+                     "symbolic_shape_inference": symbolic}}
 
 
 def _first_conv(model_path: Path) -> list[str]:

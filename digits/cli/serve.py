@@ -1,0 +1,41 @@
+"""``digits serve``: the drawing page and the inference API, on uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from digits.cli._common import app, csv_list
+from digits.errors import DigitsError
+from digits.ui import guard, log
+
+
+@app.command()
+@guard
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
+    models_: Annotated[str, typer.Option("--models", help="Comma-separated models, or all.")] = "all",
+    backend: Annotated[str, typer.Option(help="Runtime for the artifacts: onnxruntime or openvino.")] = "onnxruntime",
+    threads: Annotated[int, typer.Option(min=1, help="Runtime threads (the event loop keeps a core of its own).")] = 1,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest dynamic batch (1: batch-1 serving).")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a request waits for others to batch with.")] = 2.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body; larger gets 413.")] = 10.0,
+):
+    """Serve the exported models: a drawing page at / and a JSON API at /v1/predict."""
+    import uvicorn
+
+    from digits.serve import ServeConfig, create_app
+
+    if backend not in ("onnxruntime", "openvino"):
+        raise DigitsError(f"--backend serves exported ONNX files: onnxruntime or openvino, not {backend!r}.", exit_code=2)
+    cfg = ServeConfig(artifacts=artifacts, models=[] if models_ == "all" else csv_list(models_, "models"),
+                      backend=backend, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      max_body_bytes=int(max_body_mb * 2**20))
+    application = create_app(cfg)  # loads and sha256-checks every artifact, or refuses to start
+    log(f"digits serve: {', '.join(application.state.models)} via {backend} on http://{host}:{port}/ "
+        f"(dynamic batching: up to {max_batch} within {max_wait_ms:g} ms). Ctrl-C stops it.")
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

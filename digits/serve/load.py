@@ -1,0 +1,78 @@
+"""A bounded load generator for a local ``digits serve``: N requests at concurrency C.
+
+Each of C workers holds one keep-alive HTTP/1.1 connection and sends its share of the N
+requests back to back; latency is per request on the client, from the first byte sent
+to the last byte read. Only loopback hosts are accepted: this measures the server on
+this machine, and never sends traffic anywhere else. A time limit bounds every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+
+from digits.bench.timing import percentile
+from digits.errors import UsageError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+async def _worker(host: str, port: int, request: bytes, count: int, deadline: float, lat: list, errors: list):
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for _ in range(count):
+            if time.perf_counter() > deadline:
+                errors.append("time limit")
+                return
+            t0 = time.perf_counter()
+            writer.write(request)
+            await writer.drain()
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            lat.append((time.perf_counter() - t0) * 1e3)
+            if not status_line.startswith(b"HTTP/1.1 200"):
+                errors.append(status_line.decode("latin-1").strip())
+    except (OSError, asyncio.IncompleteReadError) as e:
+        errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        writer.close()
+
+
+async def _run(host, port, path, body, content_type, concurrency, requests, time_limit):
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
+    share = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    lat: list[float] = []
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit
+    await asyncio.gather(*(_worker(host, port, request, n, deadline, lat, errors) for n in share if n))
+    wall = time.perf_counter() - t0
+    s = sorted(lat)
+    return {"concurrency": concurrency, "requests": len(lat), "errors": len(errors),
+            "error_examples": sorted(set(errors))[:3], "seconds": wall, "requests_per_s": len(lat) / wall,
+            "p50_ms": percentile(s, 50) if s else None, "p99_ms": percentile(s, 99) if s else None,
+            "mean_ms": statistics.fmean(s) if s else None}
+
+
+def run_load(host: str, port: int, path: str, body: bytes, *, content_type: str = "application/json",
+             concurrency: int = 1, requests: int = 1000, time_limit: float = 120.0) -> dict:
+    """``{concurrency, requests, errors, requests_per_s, p50_ms, p99_ms, ...}`` for one load level."""
+    if host not in LOOPBACK:
+        raise UsageError(f"The load generator only targets this machine ({', '.join(LOOPBACK)}), not {host!r}.")
+    if concurrency < 1 or requests < 1:
+        raise UsageError("concurrency and requests must be at least 1.")
+    was = gc.isenabled()
+    gc.disable()  # a collection in the client would be timed as the server's latency (as the bench timer does)
+    try:
+        return asyncio.run(_run(host, port, path, body, content_type, concurrency, requests, time_limit))
+    finally:
+        if was:
+            gc.enable()

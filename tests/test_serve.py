@@ -1,0 +1,253 @@
+"""digits serve: the API through an in-process client, bad input, dynamic batching, and the page in Chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from digits.cli import app as cli
+from digits.data import MEAN, STD
+from digits.serve import ServeConfig, create_app
+
+fastapi_testclient = pytest.importorskip("fastapi.testclient")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, splits, test_set):
+    """Models good enough to read a drawn digit: 15 augmented epochs on the fixture (~92%, a few seconds)."""
+    from digits.export import export_model
+    from digits.models import list_models
+    from digits.train import resolve_config, train
+
+    out = tmp_path_factory.mktemp("served")
+    for name in list_models():
+        train(resolve_config(name, "fast", epochs=15, batch_size=64, lr=3e-3, augment=True, threads=2), splits, out)
+        assert export_model(name, "onnx", *test_set, checkpoint=out, out=out)["passed"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with fastapi_testclient.TestClient(create_app(ServeConfig(artifacts=served, max_wait_ms=5))) as c:
+        yield c
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def drawn(strokes, size=280) -> bytes:
+    """White strokes on black, as the page's canvas draws them."""
+    img = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(img)
+    for line in strokes:
+        d.line(line, fill=255, width=18, joint="curve")
+    return _png(img)
+
+
+ONE = [[(140, 50), (140, 230)]]
+SEVEN = [[(80, 60), (200, 60), (120, 230)]]
+
+
+def test_predict_an_image_for_every_model(client):
+    r = client.post("/v1/predict", content=drawn(SEVEN), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [m["model"] for m in body["results"]] == ["mlp", "cnn", "lenet5"]
+    for m in body["results"]:
+        assert len(m["probabilities"]) == 10 and abs(sum(m["probabilities"]) - 1) < 1e-4 and m["latency_ms"] > 0
+        assert m["prediction"] == int(np.argmax(m["probabilities"]))
+    lenet = body["results"][2]
+    assert lenet["prediction"] == 7
+    assert np.array(body["image28"]).shape == (28, 28) and np.array(body["image28"]).max() > 0.5
+
+
+def test_the_server_preprocesses_exactly_as_digits_predict(client, served, tmp_path):
+    path = tmp_path / "seven.png"
+    path.write_bytes(drawn(SEVEN))
+    result = CliRunner().invoke(cli, ["predict", str(path), "--model", "cnn", "--checkpoint", str(served),
+                                      "--artifacts", str(served), "--json"])
+    cli_probs = json.loads(result.stdout)[0]["probabilities"]
+    r = client.post("/v1/predict?model=cnn", content=path.read_bytes(), headers={"Content-Type": "image/png"}).json()
+    assert r["model"] == "cnn" and np.allclose(r["probabilities"], cli_probs, atol=1e-5)
+
+
+def test_multipart_and_json_array_inputs(client, test_set):
+    up = client.post("/v1/predict?model=lenet5", files={"file": ("one.png", drawn(ONE), "image/png")})
+    assert up.status_code == 200 and up.json()["prediction"] == 1
+    x, y = test_set
+    digit = (x[0, 0].numpy() * STD + MEAN).clip(0, 1)  # an MNIST test digit in MNIST's own format
+    for scale in (1.0, 255.0):
+        r = client.post("/v1/predict", json={"image": (digit * scale).tolist(), "model": "lenet5"})
+        assert r.status_code == 200 and r.json()["prediction"] == int(y[0])
+        assert "image28" not in r.json()  # an array is its own 28x28 image
+
+
+@pytest.mark.parametrize("body, ctype, status, words", [
+    (b"", "image/png", 400, "empty"),
+    (b"this is not an image", "image/png", 422, "not an image"),
+    (b"{broken", "application/json", 400, "not valid JSON"),
+    (json.dumps({"image": [[0.5] * 27] * 28}).encode(), "application/json", 422, "28x28"),
+    (json.dumps({"image": "seven"}).encode(), "application/json", 422, "28x28"),
+    (_png(Image.new("L", (64, 64), 255)), "image/png", 422, "blank"),
+    (_png(Image.new("L", (5000, 4000), 0)), "image/png", 413, "16 MP limit"),
+])
+def test_bad_input_gets_a_4xx_json_error_and_the_server_goes_on(client, body, ctype, status, words):
+    r = client.post("/v1/predict", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == status and words in r.json()["error"] and r.json()["status"] == status
+    assert client.post("/v1/predict?model=lenet5", content=drawn(ONE),
+                       headers={"Content-Type": "image/png"}).json()["prediction"] == 1
+
+
+def test_unknown_model_and_oversized_body(served):
+    cfg = ServeConfig(artifacts=served, models=["lenet5"], max_body_bytes=1000)
+    with fastapi_testclient.TestClient(create_app(cfg)) as c:
+        r = c.post("/v1/predict?model=vgg", json={"image": [[0] * 28] * 28})
+        assert r.status_code == 404 and "vgg" in r.json()["error"] and "lenet5" in r.json()["error"]
+        r = c.post("/v1/predict", content=b"x" * 5000, headers={"Content-Type": "image/png"})
+        assert r.status_code == 413 and "the limit is 1,000 bytes" in r.json()["error"]
+
+
+def test_models_health_and_metrics(client, served):
+    from digits.export import read_exports
+
+    models = client.get("/v1/models").json()["models"]
+    assert [m["name"] for m in models] == ["mlp", "cnn", "lenet5"]
+    for m in models:
+        entry = read_exports(served / m["name"])["formats"]["onnx"]
+        assert m["sha256"] == entry["sha256"] and m["accuracy"] == entry["accuracy"] and m["params"] > 60_000
+    assert client.get("/healthz").json() == {"status": "ok", "models": ["mlp", "cnn", "lenet5"]}
+    text = client.get("/metrics").text
+    assert 'digits_requests_total{route="/v1/predict",status="200"}' in text
+    assert 'digits_batch_size_bucket{model="lenet5",le="1"}' in text and "digits_request_seconds_count" in text
+    assert "/openapi.json" in client.get("/docs").text and "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_concurrent_requests_are_batched_into_one_call(served, test_set):
+    import asyncio
+
+    import httpx
+
+    cfg = ServeConfig(artifacts=served, models=["lenet5"], max_batch=64, max_wait_ms=50)
+    application = create_app(cfg)
+    digit = (test_set[0][0, 0].numpy() * STD + MEAN).clip(0, 1).tolist()
+
+    async def go():
+        transport = httpx.ASGITransport(app=application)
+        async with application.router.lifespan_context(application), \
+                httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            rs = await asyncio.gather(*(c.post("/v1/predict?model=lenet5", json={"image": digit}) for _ in range(16)))
+            return [r.status_code for r in rs], (await c.get("/metrics")).text
+    codes, text = asyncio.run(go())
+    assert codes == [200] * 16
+    count = next(ln for ln in text.splitlines() if ln.startswith('digits_batch_size_count{model="lenet5"}'))
+    calls = int(count.split()[-1])
+    assert calls < 16  # fewer runtime calls than requests: they were gathered into batches
+
+
+def test_serve_refuses_to_start_without_a_verified_artifact(served, tmp_path):
+    shutil.copytree(served / "mlp", tmp_path / "mlp")
+    onnx = tmp_path / "mlp" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")  # tampered
+    result = CliRunner().invoke(cli, ["serve", "--artifacts", str(tmp_path), "--models", "mlp"])
+    assert result.exit_code == 1 and "cannot start" in result.output and "does not match" in result.output
+    result = CliRunner().invoke(cli, ["serve", "--artifacts", str(tmp_path / "none"), "--models", "lenet5"])
+    assert result.exit_code == 1 and "digits export lenet5 --format onnx" in result.output
+    assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- the page in a real browser
+@pytest.fixture(scope="module")
+def live_server(served):
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(artifacts=served)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(live_server):
+    if not CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser test: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        pg = browser.new_page(viewport={"width": 1100, "height": 760})
+        pg.goto(live_server)
+        yield pg
+        browser.close()
+
+
+def _draw(page, strokes):
+    box = page.locator("#pad").bounding_box()
+    for line in strokes:
+        page.mouse.move(box["x"] + line[0][0], box["y"] + line[0][1])
+        page.mouse.down()
+        for x, y in line[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=12)
+        page.mouse.up()
+
+
+def _answer(page, model="lenet5") -> str:
+    page.wait_for_selector(f'.model[data-model="{model}"]', timeout=10_000)
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=10_000)
+    return page.locator(f'.model[data-model="{model}"]').get_attribute("data-prediction")
+
+
+def test_page_draw_a_one_and_a_seven(page):
+    page.click("#clear")
+    _draw(page, ONE)
+    assert _answer(page) == "1"
+    assert page.locator(".model").count() == 3 and page.locator(".model .bar").count() == 30
+    assert "ms" in page.locator('.model[data-model="lenet5"] .latency').inner_text()
+    page.click("#clear")
+    assert page.locator(".model").count() == 0
+    _draw(page, SEVEN)
+    assert _answer(page) == "7"
+    seen = page.evaluate("Array.from(document.getElementById('seen').getContext('2d')"
+                         ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 128).length")
+    assert seen > 20  # the 28x28 image the models saw is drawn on the page
+    if os.environ.get("DIGITS_SCREENSHOT"):  # make the README's screenshot: DIGITS_SCREENSHOT=docs/serve.png
+        page.screenshot(path=os.environ["DIGITS_SCREENSHOT"])
+
+
+def test_page_upload_a_photo_and_a_bad_file(page, tmp_path):
+    photo = Image.new("RGB", (400, 300), "white")
+    ImageDraw.Draw(photo).line([(200, 40), (200, 260)], fill="black", width=14)  # a dark 1 on white paper
+    (tmp_path / "photo.png").write_bytes(_png(photo))
+    page.click("#clear")
+    page.set_input_files("#upload", str(tmp_path / "photo.png"))
+    assert _answer(page) == "1"
+    (tmp_path / "notes.txt").write_text("not an image")
+    page.set_input_files("#upload", str(tmp_path / "notes.txt"))
+    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    assert "not an image" in page.locator("#error").inner_text()
