@@ -104,10 +104,43 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     shift = u[:, 2:] * (2 / 14)  # affine_grid works in [-1, 1]: 14 px per unit
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.device)
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    if x.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the GPU every step
+        theta = theta.pin_memory().to(x.device, non_blocking=True)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     # grid_sample pads with zeros; shift so that padding is the black background.
     return F.grid_sample(x - BACKGROUND, grid, align_corners=False) + BACKGROUND
+
+
+class RunningLoss:
+    """The sum of step losses. On CUDA (``lazy``) it stays on the device and is read back
+    every ``every`` steps, so a training step never waits for the GPU to report its loss
+    (``loss.item()`` per step is a host sync); on the CPU reading it costs nothing."""
+
+    def __init__(self, start: float = 0.0, steps: int = 0, lazy: bool = False, every: int = 50):
+        self.total, self.counted, self.steps = start, steps, steps  # counted: steps included in total
+        self.lazy, self.every, self.pending = lazy, every, None
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.steps += 1
+        if not self.lazy:
+            self.total += loss.item()
+            self.counted = self.steps
+            return
+        self.pending = loss.detach() if self.pending is None else self.pending + loss.detach()
+        if self.steps % self.every == 0:
+            self.flush()
+
+    def flush(self) -> float:
+        if self.pending is not None:
+            self.total += self.pending.item()
+            self.pending = None
+        self.counted = self.steps
+        return self.total
+
+    def mean(self) -> float:
+        """Mean loss over the steps read back so far (all of them on the CPU)."""
+        return self.total / self.counted if self.counted else float("nan")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -209,9 +242,11 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
             if state["perm"] is None:
                 state["perm"], state["step"], state["loss_sum"] = torch.randperm(n, generator=gen), 0, 0.0
             perm = state["perm"].to(device)
+            running = RunningLoss(state["loss_sum"], state["step"], lazy=device.type == "cuda")
             t0 = time.perf_counter()
             while state["step"] < steps:
                 if sigint.set:
+                    state["loss_sum"] = running.flush()
                     state["seconds"] += time.perf_counter() - t0
                     path = save_resume(folder, _snapshot(state, cfg, model, opt, sched, gen))
                     raise TrainingInterrupted(cfg.model, path)
@@ -225,9 +260,10 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
                 opt.step()
                 sched.step()
                 state["step"] += 1
-                state["loss_sum"] += loss.item()
+                running.add(loss)
                 on_progress(Progress(state["epoch"] + 1, cfg.epochs, state["step"], steps,
-                                     state["loss_sum"] / state["step"]))
+                                     running.mean()))  # on CUDA: as of the last read-back
+            state["loss_sum"] = running.flush()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             state["seconds"] += time.perf_counter() - t0

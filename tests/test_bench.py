@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from digits.bench.backends import create_backend, list_backends
 from digits.bench.probes import onnxruntime_matmul_probe
 from digits.bench.report import COLUMNS, compare, fastest, to_csv, to_markdown
-from digits.bench.runner import BenchConfig, Record, efficiency, round_spread, run_bench
+from digits.bench.runner import BenchConfig, Record, default_backends, efficiency, round_spread, run_bench
 from digits.bench.timing import measure, percentile, summarize
 from digits.checkpoint import load_checkpoint
 from digits.cli import app
@@ -24,7 +24,7 @@ from digits.errors import DigitsError, UsageError
 from digits.models import list_models
 
 QUICK = dict(warmup=1, min_iters=3, min_time=0.0, rounds=2, threads=2, precisions=["fp32"])
-FAST_BACKENDS = [b for b in list_backends() if create_backend(b).default and create_backend(b).available() is None]
+FAST_BACKENDS = default_backends("cpu")
 
 
 # --------------------------------------------------------------------------- timing
@@ -112,6 +112,8 @@ def test_backend_logits_equal_eager(exported, trained, test_set, backend, model)
         pytest.skip("torch.compile takes ~20 s per model on 2 cores; one model proves the path")
     if (missing := create_backend(backend).available()) is not None:
         pytest.skip(missing)  # an optional runtime (OpenVINO) that is not installed
+    if "cpu" not in create_backend(backend).devices:
+        pytest.skip(f"{backend} runs on CUDA only (test_cuda_graph_equals_eager covers it)")
     b = create_backend(backend).load(model, "cpu", checkpoint=trained, artifacts=trained, threads=2)
     eager, _ = load_checkpoint(trained / model)
     x = test_set[0][:64]
@@ -365,3 +367,29 @@ def test_cuda_sweep_times_on_the_gpu(exported, trained, test_set):
                       checkpoint=str(trained), artifacts=str(trained), **QUICK)  # fp32 on the GPU
     for r in run_bench(cfg, *test_set)["records"]:
         assert r["error"] is None and r["provider"] == "torch-cuda" and r["p50_ms"] > 0
+
+
+def test_default_backends_follow_the_device():
+    assert "cudagraph" not in default_backends("cpu") and "cudagraph" in default_backends("cuda")
+    assert "openvino" not in default_backends("cuda")
+
+
+def test_cuda_graph_backend_refuses_the_cpu(trained):
+    with pytest.raises(DigitsError, match="cudagraph runs on cuda only"):
+        create_backend("cudagraph").load("lenet5", "cpu", checkpoint=trained)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_graph_equals_eager(trained, test_set, precision):
+    b = create_backend("cudagraph").load("lenet5", "cuda", checkpoint=trained, precision=precision)
+    eager, _ = load_checkpoint(trained / "lenet5")
+    x = test_set[0][:64]
+    with torch.inference_mode():
+        ref = eager(x)
+    got = b(x)
+    again = b(test_set[0][64:128])  # the same graph on new data: the static buffer really is refilled
+    assert b.settings["cuda_graph"] is True
+    tol = 1e-4 if precision == "fp32" else 5e-2
+    assert torch.allclose(got, ref, atol=tol) and not torch.allclose(again, got)
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.98

@@ -34,6 +34,12 @@ def test_native_precisions_follow_the_cpu_flags(flags, expected):
     assert native_precisions("cpu", {**NONE, **flags}) == expected
 
 
+@pytest.mark.parametrize("capability, expected", [((7, 5), ["fp32", "fp16"]), ((9, 0), ["fp32", "fp16", "bf16"])])
+def test_native_precisions_on_cuda_follow_the_compute_capability(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    assert native_precisions("cuda") == expected
+
+
 def test_cpu_features_read_the_flags_line(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: fpu\n")

@@ -105,3 +105,25 @@ def test_cuda_request_without_cuda_is_an_error(monkeypatch, splits, tmp_path):
 def test_cuda_training_learns(splits, tmp_path):
     result = train(resolve_config("lenet5", "fast", device="cuda", lr=3e-3, **QUICK), splits, tmp_path)
     assert result.test_accuracy >= 0.60
+
+
+def test_running_loss_reads_the_device_back_only_every_n_steps():
+    from digits.train import RunningLoss
+
+    reads = []
+
+    class Counted(torch.Tensor):
+        def item(self):
+            reads.append(1)
+            return super().item()
+    losses = [torch.tensor(float(i)).as_subclass(Counted) for i in range(1, 121)]
+    lazy, eager = RunningLoss(lazy=True, every=50), RunningLoss()
+    for v in losses:
+        lazy.add(v)
+    assert len(reads) == 2 and lazy.mean() == pytest.approx(sum(range(1, 101)) / 100)  # read at steps 50, 100
+    assert lazy.flush() == pytest.approx(sum(range(1, 121))) and len(reads) == 3
+    for v in losses:
+        eager.add(v)
+    assert eager.total == lazy.total and eager.mean() == lazy.mean()
+    resumed = RunningLoss(10.0, 4, lazy=True)
+    assert resumed.mean() == 2.5  # a resumed epoch starts from its saved sum and step

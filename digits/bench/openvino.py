@@ -70,6 +70,7 @@ class OpenVino(Backend):
     format = "onnx"
     cuda_events = False  # infer() returns when the outputs are ready
     precisions = ("fp32", "bf16", "fp16", "int8")
+    devices = ("cpu",)
     artifact_precisions = ("fp32", "int8")  # bf16/fp16 are a hint on the FP32 file
 
     @classmethod
@@ -83,8 +84,6 @@ class OpenVino(Backend):
     def _open(self, model, device, *, checkpoint, threads):
         import openvino as ov
 
-        if device != "cpu":
-            raise DigitsError("digits runs OpenVINO on the CPU only (its GPU plugin drives Intel GPUs, not CUDA).")
         self.core = core()
         self.model = self.core.read_model(str(self.artifact))
         self.config = compile_config(self.precision, threads)

@@ -68,9 +68,10 @@ class BenchConfig:
         return list(self.precisions) if self.precisions else native_precisions(self.device)
 
 
-def default_backends() -> list[str]:
-    """The default sweep: every backend marked default whose runtime is installed."""
-    return [b for b in list_backends() if create_backend(b).default and create_backend(b).available() is None]
+def default_backends(device: str = "cpu") -> list[str]:
+    """The default sweep: every backend marked default that runs on ``device`` and is installed."""
+    return [b for b in list_backends() if (be := create_backend(b)).default and device in be.devices
+            and be.available() is None]
 
 
 def pairs(cfg: BenchConfig) -> tuple[list[tuple[str, str]], list[str]]:

@@ -26,7 +26,8 @@ from digits.ui import emit_json, err, guard, log, out
 def bench(
     models_: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = ",".join(list_models()),
     backends: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated backends "
-                                                 "(default: eager,torchscript,onnxruntime,pt2; also: compile).")] = None,
+                                                 "(default: every installed one for the device: eager, torchscript, "
+                                                 "onnxruntime, pt2, openvino on CPU, cudagraph on CUDA; also: compile).")] = None,
     device: Annotated[Device, typer.Option(help="cpu or cuda (auto picks cuda when available).")] = Device.cpu,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,128,256",
     precisions: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated precisions: fp32, bf16, "
@@ -49,10 +50,11 @@ def bench(
     from digits.bench.runner import UNSTABLE_SPREAD, BenchConfig, default_backends, pairs, run_bench
     from digits.train import resolve_device
 
+    dev = resolve_device(device.value).type
     cfg = BenchConfig(models=csv_list(models_, "models"), batch_sizes=csv_list(batch_sizes, "batch-sizes", int),
-                      backends=csv_list(backends, "backends") if backends else default_backends(),
+                      backends=csv_list(backends, "backends") if backends else default_backends(dev),
                       precisions=csv_list(precisions, "precisions") if precisions else None,
-                      device=resolve_device(device.value).type, threads=threads, warmup=warmup, min_time=min_time, rounds=rounds,
+                      device=dev, threads=threads, warmup=warmup, min_time=min_time, rounds=rounds,
                       checkpoint=str(checkpoint), artifacts=str(artifacts))
     cfg.validate()
     x, y = mnist_test(data_dir)
