@@ -54,6 +54,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def atomic_write_result(stem: Path, payload: Any, markdown: str) -> list[Path]:
+    """A result's ``<stem>.json`` and its ``<stem>.md`` rendering, each written atomically."""
+    return [atomic_write_json(stem.with_suffix(".json"), payload), atomic_write(stem.with_suffix(".md"), markdown)]
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not every filesystem allows opening a folder.
     with contextlib.suppress(OSError):

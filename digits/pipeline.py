@@ -37,9 +37,9 @@ class RunConfig:
     bench: dict = field(default_factory=dict)  # BenchConfig overrides (the tests use tiny sweeps)
 
     def resolved_precisions(self) -> list[str]:
-        from digits.precision import native_precisions
+        from digits.precision import resolve_precisions
 
-        return list(self.precisions) if self.precisions else native_precisions("cpu")
+        return resolve_precisions(self.precisions, "cpu")
 
 
 @dataclass
@@ -94,7 +94,7 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
     from digits.bench.runner import BenchConfig, default_backends, pairs, run_bench
     from digits.bench.report import write_report
     from digits.data import load_splits, load_test
-    from digits.export import export_model, get_format, list_formats
+    from digits.export import export_model, get_format, list_formats, manifest_key
     from digits.report import build_report
     from digits.sources import ensure_mnist
     from digits.train import resolve_config, train
@@ -144,7 +144,7 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
                                           f"accuracy {rec['accuracy']:.2%} vs FP32 {rec['eager_accuracy']:.2%})")
                     res.done.setdefault(stage, "ran")
                     entry = rec
-                res.exports[(model, fmt) if precision == "fp32" else (model, f"{fmt}-{precision}")] = entry
+                res.exports[(model, manifest_key(fmt, precision))] = entry
         res.done.setdefault(stage, "skipped (exports verified)")
 
         stage = "bench"
@@ -174,7 +174,7 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
 
 def summary_rows(res: RunResult) -> list[dict]:
     """One row per model: what the final summary table shows."""
-    from digits.bench.report import best_cells
+    from digits.bench.report import best_cells, cell_label
     from digits.report import best
 
     verdicts = {v["model"]: v for v in best_cells(res.bench["records"])}
@@ -185,13 +185,9 @@ def summary_rows(res: RunResult) -> list[dict]:
         rows.append({"model": model, "params": man["params"], "macs": man["macs"],
                      "test_accuracy": man["test_accuracy"],
                      "onnx_accuracy": res.exports.get((model, "onnx"), {}).get("accuracy"),
-                     "batch1_p50_us": b1 and b1["p50_ms"] * 1e3, "batch1_backend": b1 and _cell(b1),
+                     "batch1_p50_us": b1 and b1["p50_ms"] * 1e3, "batch1_backend": b1 and cell_label(b1),
                      "batch256_p50_ms": b256 and b256["p50_ms"], "batch256_throughput": b256 and b256["throughput"],
-                     "batch256_backend": b256 and _cell(b256),
+                     "batch256_backend": b256 and cell_label(b256),
                      "batch256_speedup_over_fp32": v.get("speedup"),
                      "batch256_accuracy_cost_points": v.get("accuracy_cost_points")})
     return rows
-
-
-def _cell(r: dict) -> str:
-    return f"{r['backend']} {r.get('precision', 'fp32')}"

@@ -67,6 +67,11 @@ def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> dict[str, bool]:
     return {f: f in flags for f in CPU_FLAGS}
 
 
+def resolve_precisions(chosen: list[str] | None, device: str = "cpu") -> list[str]:
+    """``chosen`` (each checked), or, when none are, fp32 + the device's native precisions."""
+    return [check_precision(p) for p in chosen] if chosen else native_precisions(device)
+
+
 def native_precisions(device: str = "cpu", features: dict[str, bool] | None = None) -> list[str]:
     """fp32 plus every reduced precision this device computes in hardware, not emulated.
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from digits._io import atomic_path, atomic_write
-from digits.bench.report import best_cells, features, gemm_summary
+from digits.bench.report import best_cells, cell_label, features, gemm_summary
 from digits.checkpoint import checkpoint_dir, load_checkpoint
 from digits.errors import DigitsError
 from digits.evaluate import Evaluation, evaluate_model
@@ -28,10 +28,6 @@ from digits.models import list_models
 def latest_bench(results: Path) -> dict | None:
     files = sorted(results.glob("bench-*.json"), key=lambda p: json.loads(p.read_text())["environment"]["date"])
     return json.loads(files[-1].read_text()) | {"_file": files[-1].name} if files else None
-
-
-def _cell(r: dict) -> str:
-    return f"{r['backend']} {r.get('precision', 'fp32')}"
 
 
 def best(records: list[dict], model: str, batch: int) -> dict | None:
@@ -64,8 +60,8 @@ def build_report(x: torch.Tensor, y: torch.Tensor, *, checkpoint: Path, artifact
         sizes = ", ".join(f"{f} {e['bytes'] / 1024:,.0f} KiB" for f, e in exp["formats"].items()) or "not exported"
         rows.append([name, f"{man['params']:,}", f"{man['macs']:,}", f"{ev.accuracy:.2%}",
                      f"{onnx_acc:.2%}" if onnx_acc is not None else "-",
-                     f"{b1['p50_ms'] * 1e3:,.1f} us ({_cell(b1)})" if b1 else "-",
-                     f"{b256['throughput']:,.0f}/s ({_cell(b256)})" if b256 else "-", sizes])
+                     f"{b1['p50_ms'] * 1e3:,.1f} us ({cell_label(b1)})" if b1 else "-",
+                     f"{b256['throughput']:,.0f}/s ({cell_label(b256)})" if b256 else "-", sizes])
     blocks += [("h2", "Summary"), ("table", ["model", "params", "MACs/image", "test acc", "ONNX acc",
                                              "best batch-1 p50", "best batch-256 throughput", "artifact sizes"], rows)]
 
@@ -93,7 +89,7 @@ def build_report(x: torch.Tensor, y: torch.Tensor, *, checkpoint: Path, artifact
     if verdicts := best_cells(records):
         blocks.append(("table", ["model", "fastest at batch 256", "img/s", "best FP32", "FP32 img/s", "speed-up",
                                  "accuracy cost (points)"],
-                       [[v["model"], f"{v['backend']} {v['precision']}", f"{v['throughput']:,.0f}", v["fp32_backend"],
+                       [[v["model"], cell_label(v), f"{v['throughput']:,.0f}", v["fp32_backend"],
                          f"{v['fp32_throughput']:,.0f}", f"{v['speedup']:.2f}x", f"{v['accuracy_cost_points']:+.2f}"]
                         for v in verdicts]))
     if bench:

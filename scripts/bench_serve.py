@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from digits._io import atomic_write, atomic_write_json
+from digits._io import atomic_write_result
 from digits.bench.runner import cpu_name
 from digits.checkpoint import now_iso
 from digits.data import MEAN, STD, default_root, load_test
@@ -84,9 +84,7 @@ def main() -> None:
     env = {"date": now_iso(), "cpu": cpu_name(), **runtime_versions(), "model": args.model,
            "requests_per_level": args.requests, "payload": "JSON 28x28 array (MNIST test digit 0)"}
     stem = args.out / f"serve-cpu-{env['date'][:10]}"
-    atomic_write_json(stem.with_suffix(".json"), {"environment": env, "rows": rows})
-    atomic_write(stem.with_suffix(".md"), to_markdown(env, rows))
-    print(to_markdown(env, rows))
+    print(atomic_write_result(stem, {"environment": env, "rows": rows}, to_markdown(env, rows))[1].read_text())
 
 
 def to_markdown(env: dict, rows: list[dict]) -> str:

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from digits._io import atomic_write, atomic_write_json
+from digits._io import atomic_write_result
 from digits.bench.runner import BenchConfig, cpu_name, run_bench
 from digits.checkpoint import now_iso
 from digits.data import default_root, load_splits
@@ -70,9 +70,7 @@ def main() -> None:
                                     for r in report["records"] if r["model"] == row["model"]]
     env = {"date": now_iso(), "cpu": cpu_name(), "cpu_features": cpu_features(), **runtime_versions()}
     stem = args.out / f"int8-variants-{env['date'][:10]}"
-    atomic_write_json(stem.with_suffix(".json"), {"environment": env, "rows": rows})
-    atomic_write(stem.with_suffix(".md"), to_markdown(env, rows))
-    print(to_markdown(env, rows))
+    print(atomic_write_result(stem, {"environment": env, "rows": rows}, to_markdown(env, rows))[1].read_text())
 
 
 def to_markdown(env: dict, rows: list[dict]) -> str:

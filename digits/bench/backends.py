@@ -84,6 +84,11 @@ class Backend:
     def _open(self, model: str, device: str, *, checkpoint: Path, threads: int | None) -> None:
         raise NotImplementedError
 
+    def _checkpoint_module(self, checkpoint: Path, model: str):
+        """The checkpoint as an eval-mode module on this device, at this precision."""
+        eager = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(self.device).eval()
+        return at_precision(eager, self.precision)  # bf16/fp16: weights cast, channels-last
+
     @property
     def provider(self) -> str:
         return f"torch-{self.device}"
@@ -111,8 +116,7 @@ class Eager(Backend):
     name = "eager"
 
     def _open(self, model, device, *, checkpoint, threads):
-        eager = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(device).eval()
-        self.module = at_precision(eager, self.precision)  # bf16/fp16: weights cast, channels-last
+        self.module = self._checkpoint_module(checkpoint, model)
 
 
 @register_backend
@@ -176,8 +180,7 @@ class Compile(Backend):
                        else ("cache_size_limit", "fail_on_cache_limit_hit"))
         setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
         setattr(dynamo, fail, True)
-        eager = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(device).eval()
-        self.module = torch.compile(at_precision(eager, self.precision), dynamic=False)
+        self.module = torch.compile(self._checkpoint_module(checkpoint, model), dynamic=False)
         self.settings = {"torch_compile": "inductor, dynamic=False", "recompile_limit": getattr(dynamo, limit),
                          "fail_on_recompile_limit_hit": getattr(dynamo, fail)}
 
@@ -197,8 +200,7 @@ class CudaGraph(Backend):
     devices = ("cuda",)
 
     def _open(self, model, device, *, checkpoint, threads):
-        eager = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(device).eval()
-        self.module = at_precision(eager, self.precision)
+        self.module = self._checkpoint_module(checkpoint, model)
         self.graphs: dict[int, tuple] = {}
         self.settings = {"cuda_graph": True, "warmup_iters": 3}
 
@@ -240,14 +242,14 @@ class OnnxRuntime(Backend):
     format = "onnx"
     cuda_events = False  # run_with_iobinding returns once outputs are ready
     precisions = ("fp32", "int8")  # its CPU provider has no bf16 convolutions; int8 is model.int8.onnx
+    # Spinning threads cut small-batch latency in a benchmark; a server sharing the cores
+    # with its event loop turns it off (digits serve sets spinning = False).
+    spinning = True
 
     def _open(self, model, device, *, checkpoint, threads):
         from digits.export.onnx import session_options
 
-        # Spinning threads cut small-batch latency in a benchmark, but a server sharing the
-        # cores with its event loop turns it off (digits serve sets spinning = False).
-        self.session = get_format("onnx").open(self.artifact, device, threads=threads,
-                                               spinning=getattr(self, "spinning", True))
+        self.session = get_format("onnx").open(self.artifact, device, threads=threads, spinning=self.spinning)
         self.settings = session_options(self.session)
 
     @property

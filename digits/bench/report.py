@@ -185,7 +185,7 @@ def plot(report: dict, out: Path) -> list[Path]:
     if not ok:
         return []
     models = sorted({r["model"] for r in ok})
-    backends = sorted({_label(r) for r in ok})
+    backends = sorted({cell_label(r) for r in ok})
     env = report["environment"]
     # colour = backend, line style = precision: one legend entry each, readable at any count
     colours = {b: f"C{i}" for i, b in enumerate(sorted({r["backend"] for r in ok}))}
@@ -193,7 +193,7 @@ def plot(report: dict, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4.6), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         for be in backends:
-            pts = sorted((r["batch_size"], r["p50_ms"]) for r in ok if r["model"] == model and _label(r) == be)
+            pts = sorted((r["batch_size"], r["p50_ms"]) for r in ok if r["model"] == model and cell_label(r) == be)
             if pts:
                 backend, precision = be.split(" ")
                 ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, color=colours[backend],
@@ -211,7 +211,7 @@ def plot(report: dict, out: Path) -> list[Path]:
     markers = dict(zip(backends, "osD^vP*Xphd<>8H", strict=False))  # marker = backend+precision, colour = model
     for i, model in enumerate(models):
         for be in backends:
-            pts = [r for r in ok if r["model"] == model and _label(r) == be and r["batch_size"] == 1]
+            pts = [r for r in ok if r["model"] == model and cell_label(r) == be and r["batch_size"] == 1]
             if pts:
                 ax.scatter(pts[0]["p50_ms"] * 1e3, pts[0]["accuracy"] * 100, s=50, color=f"C{i}",
                            marker=markers.get(be, "o"), label=f"{model} / {be}")
@@ -225,7 +225,8 @@ def plot(report: dict, out: Path) -> list[Path]:
     return paths
 
 
-def _label(r: dict) -> str:
+def cell_label(r: dict) -> str:
+    """'onnxruntime int8': a record's backend and precision (files before precisions: fp32)."""
     return f"{r['backend']} {r.get('precision', 'fp32')}"
 
 

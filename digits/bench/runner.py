@@ -23,7 +23,7 @@ from digits.checkpoint import now_iso
 from digits.export import runtime_versions
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models, model_info
-from digits.precision import PRECISIONS, cpu_features, native_precisions
+from digits.precision import cpu_features, native_precisions, resolve_precisions
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128, 256)
 
@@ -49,9 +49,6 @@ class BenchConfig:
                 raise UsageError(f"Unknown model {m!r}. Choose from: {', '.join(list_models())}.")
         for b in self.backends:
             create_backend(b)
-        for p in self.precisions or []:
-            if p not in PRECISIONS:
-                raise UsageError(f"Unknown precision {p!r}. Choose from: {', '.join(PRECISIONS)}.")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UsageError(f"Batch sizes must be whole numbers >= 1, got {self.batch_sizes}.")
         if self.device not in ("cpu", "cuda"):
@@ -63,9 +60,11 @@ class BenchConfig:
             raise UsageError(f"--threads must be at least 1, got {self.threads}.")
         if self.warmup < 0 or self.min_time < 0 or self.rounds < 1:
             raise UsageError("--warmup and --min-time must not be negative, and --rounds must be at least 1.")
+        if self.precisions:
+            resolve_precisions(self.precisions)  # an unknown precision is bad usage
 
     def resolved_precisions(self) -> list[str]:
-        return list(self.precisions) if self.precisions else native_precisions(self.device)
+        return resolve_precisions(self.precisions, self.device)
 
 
 def default_backends(device: str = "cpu") -> list[str]:

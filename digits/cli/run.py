@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from digits.precision import check_precision
+from digits.precision import resolve_precisions
 from digits.cli._common import (
     CheckpointDir,
     DataDir,
@@ -80,8 +80,8 @@ def run(
             log(message)
 
     chosen = csv_list(precisions, "precisions") if precisions else None
-    for p in chosen or []:
-        check_precision(p)
+    if chosen:
+        resolve_precisions(chosen)  # an unknown precision is bad usage, before any stage runs
     res = run_all(RunConfig(data_root=data_root(data_dir), artifacts=artifacts, results=results, force=force,
                             precisions=chosen), CliHooks())
     rows = summary_rows(res)
