@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run serve test test-oldest lint bench bench-serve bench-train fixture clean
+.PHONY: setup setup-gpu run serve test test-oldest lint bench bench-serve bench-train fixture clean
 
 setup: $(STAMP)
 
@@ -12,6 +12,15 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,openvino]'
 	touch $(STAMP)
+
+# onnxruntime-gpu (extra [gpu]) in place of onnxruntime: both wheels write the same
+# `onnxruntime` package, so the CPU wheel is removed and the GPU wheel laid down again over
+# what that removal took. `pip check` then reports onnxruntime missing: expected, and safe.
+setup-gpu: setup
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,openvino,gpu]'
+	$(PY) -m pip uninstall --quiet -y onnxruntime
+	$(PY) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps onnxruntime-gpu
+	$(PY) -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers(), o.get_available_providers()"
 
 run: setup
 	$(VENV)/bin/digits run

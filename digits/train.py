@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digits.augment import augment_batch, random_theta
 from digits.checkpoint import RESUME, checkpoint_dir, load_resume, save_checkpoint, save_resume
-from digits.data import MEAN, STD, Splits
+from digits.data import Splits
 from digits.errors import DigitsError, UsageError
 from digits.models import count_macs, count_params, create_model, list_models, model_info
+from digits.train_step import StaticStep, batch_sizes
 
 
 @dataclass
@@ -42,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # None: all cores
+    cuda_graph: bool = True  # on CUDA, the step is a replayed CUDA graph (digits.train_step)
 
 
 RECIPES: dict[str, dict[str, dict]] = {
@@ -89,29 +92,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-# --------------------------------------------------------------------------- augmentation
-BACKGROUND = -MEAN / STD  # a black pixel after normalization
-
-
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Small random affine per image (rotation +-10 deg, shift +-2 px, scale 0.9-1.1).
-
-    Parameters come from ``gen`` on the CPU so runs are reproducible on any device.
-    """
-    n = x.shape[0]
-    u = torch.rand(n, 4, generator=gen) * 2 - 1
-    angle, scale = u[:, 0] * math.radians(10), 1 + 0.1 * u[:, 1]
-    shift = u[:, 2:] * (2 / 14)  # affine_grid works in [-1, 1]: 14 px per unit
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    if x.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the GPU every step
-        theta = theta.pin_memory().to(x.device, non_blocking=True)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # grid_sample pads with zeros; shift so that padding is the black background.
-    return F.grid_sample(x - BACKGROUND, grid, align_corners=False) + BACKGROUND
-
-
 class RunningLoss:
     """The sum of step losses. On CUDA (``lazy``) it stays on the device and is read back
     every ``every`` steps, so a training step never waits for the GPU to report its loss
@@ -127,7 +107,8 @@ class RunningLoss:
             self.total += loss.item()
             self.counted = self.steps
             return
-        self.pending = loss.detach() if self.pending is None else self.pending + loss.detach()
+        # clone: a CUDA graph's loss is a static buffer that the next replay overwrites
+        self.pending = loss.detach().clone() if self.pending is None else self.pending + loss.detach()
         if self.steps % self.every == 0:
             self.flush()
 
@@ -170,6 +151,8 @@ class TrainResult:
     train_seconds: float
     checkpoint: str
     history: list[dict] = field(default_factory=list)
+    cuda_graph: bool = False  # the step was a replayed CUDA graph
+    setup_seconds: float = 0.0  # CUDA warm-up and capture, not in train_seconds
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -231,6 +214,8 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=True)  # one kernel per step instead of one per tensor
     sched = _schedule(opt, cfg.lr, cfg.epochs * steps)
+    static = _static_step(model, data, cfg, device)  # None: the eager step below
+    setup_seconds = _warm_up(static, device)
     state = {"epoch": 0, "step": 0, "perm": None, "history": [], "best": None, "best_val": -1.0,
              "best_epoch": 0, "loss_sum": 0.0, "seconds": 0.0}
     if resume:
@@ -251,12 +236,15 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
                     path = save_resume(folder, _snapshot(state, cfg, model, opt, sched, gen))
                     raise TrainingInterrupted(cfg.model, path)
                 idx = perm[state["step"] * cfg.batch_size:(state["step"] + 1) * cfg.batch_size]
-                x, y = data.train_x[idx], data.train_y[idx]
-                if cfg.augment:
-                    x = augment_batch(x, gen)
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if static is not None:
+                    loss = static(idx, random_theta(len(idx), gen) if cfg.augment else None)
+                else:
+                    x, y = data.train_x[idx], data.train_y[idx]
+                    if cfg.augment:
+                        x = augment_batch(x, gen)
+                    loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 opt.step()
                 sched.step()
                 state["step"] += 1
@@ -288,12 +276,42 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         "history": state["history"], "best_epoch": state["best_epoch"],
         "val_accuracy": state["best_val"], "test_accuracy": test_acc,
         "train_seconds": round(state["seconds"], 3),
+        # warm-up and capture, before the clock starts (as speed-runs count compile time apart)
+        "cuda_graph": static is not None and static.capture,
+        "setup_seconds": round(setup_seconds, 3),
     })
     (folder / RESUME).unlink(missing_ok=True)
     return TrainResult(model=cfg.model, epochs=cfg.epochs, seed=cfg.seed, recipe=cfg.recipe,
                        params=manifest["params"], val_accuracy=state["best_val"], test_accuracy=test_acc,
                        best_epoch=state["best_epoch"], train_seconds=manifest["train_seconds"],
-                       checkpoint=str(folder / "model.safetensors"), history=state["history"])
+                       checkpoint=str(folder / "model.safetensors"), history=state["history"],
+                       cuda_graph=manifest["cuda_graph"], setup_seconds=manifest["setup_seconds"])
+
+
+def _static_step(model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.device) -> StaticStep | None:
+    """On CUDA, the step on static buffers (captured unless ``cfg.cuda_graph`` is off); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return StaticStep(model, data.train_x, data.train_y, sizes=batch_sizes(len(data.train_x), cfg.batch_size),
+                      label_smoothing=cfg.label_smoothing, augment=cfg.augment, capture=cfg.cuda_graph)
+
+
+def _warm_up(static: StaticStep | None, device: torch.device) -> float:
+    """Seconds of CUDA warm-up (and capture), spent before the training clock starts.
+
+    Library set-up and cuDNN autotuning would otherwise land in the first step; speed-runs
+    count them apart the same way. With ``--no-cuda-graph`` the eager step is warmed up too,
+    so the two report comparable ``train_seconds``.
+    """
+    if static is None or device.type != "cuda":
+        return 0.0
+    try:
+        static.warm_up()
+    except RuntimeError as e:  # name the way out instead of a traceback; never a silent fallback
+        what = "capturing the training step in a CUDA graph" if static.capture else "the CUDA warm-up"
+        raise DigitsError(f"Training failed in {what} ({str(e).splitlines()[0]}). "
+                          + ("Train with --no-cuda-graph to run the eager step." if static.capture else "")) from None
+    return static.setup_seconds
 
 
 def _schedule(opt, lr: float, total: int):
@@ -310,8 +328,9 @@ def _snapshot(state: dict, cfg: TrainConfig, model, opt, sched, gen) -> dict:
 
 
 def _restore(snap: dict, cfg: TrainConfig, model, opt, sched, gen) -> dict:
-    saved = {k: v for k, v in snap["config"].items() if k not in ("device", "threads")}
-    wanted = {k: v for k, v in asdict(cfg).items() if k not in ("device", "threads")}
+    free = ("device", "threads", "cuda_graph")  # how it runs, not what it computes
+    saved = {k: v for k, v in snap["config"].items() if k not in free}
+    wanted = {k: v for k, v in asdict(cfg).items() if k not in free}
     if saved != wanted:
         diff = ", ".join(f"{k}: saved {saved[k]!r} vs now {wanted[k]!r}" for k in saved if saved[k] != wanted.get(k))
         raise UsageError(f"--resume needs the same settings as the interrupted run ({diff}).")

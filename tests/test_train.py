@@ -25,6 +25,7 @@ def test_short_run_clearly_beats_chance(name, splits, tmp_path):
     assert 0 < result.val_accuracy <= 1 and len(result.history) == 4
     model, manifest = load_checkpoint(tmp_path / name)
     assert manifest["test_accuracy"] == result.test_accuracy and manifest["params"] == result.params
+    assert manifest["cuda_graph"] is False and manifest["setup_seconds"] == 0.0  # the CPU has no warm-up to count
 
 
 def test_same_seed_gives_identical_weights(splits, tmp_path):
@@ -127,3 +128,87 @@ def test_running_loss_reads_the_device_back_only_every_n_steps():
     assert eager.total == lazy.total and eager.mean() == lazy.mean()
     resumed = RunningLoss(10.0, 4, lazy=True)
     assert resumed.mean() == 2.5  # a resumed epoch starts from its saved sum and step
+
+
+def test_running_loss_copies_a_static_loss_buffer():
+    from digits.train import RunningLoss
+
+    static = torch.tensor(1.0)  # a CUDA graph's loss output: overwritten in place by each replay
+    lazy = RunningLoss(lazy=True, every=50)
+    lazy.add(static)
+    static.fill_(2.0)
+    lazy.add(static)
+    assert lazy.flush() == 3.0
+
+
+def _static_on_cpu(monkeypatch):
+    """Route the loop through StaticStep's buffers and body, eagerly, as CUDA would with a graph."""
+    import digits.train as tr
+    from digits.train_step import StaticStep, batch_sizes
+
+    sizes = []
+
+    class Counted(StaticStep):
+        def __call__(self, idx, theta):
+            sizes.append(len(idx))
+            return super().__call__(idx, theta)
+
+    def static(model, data, cfg, device):
+        return Counted(model, data.train_x, data.train_y, sizes=batch_sizes(len(data.train_x), cfg.batch_size),
+                       label_smoothing=cfg.label_smoothing, augment=cfg.augment, capture=False)
+    monkeypatch.setattr(tr, "_static_step", static)
+    return sizes
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])  # dropout; convolutions in channels-last
+def test_static_step_computes_what_the_eager_loop_computes(name, splits, monkeypatch, tmp_path):
+    cfg = resolve_config(name, "fast", augment=True, epochs=2, batch_size=96, threads=2, label_smoothing=0.1)
+    assert len(splits.train_x) % cfg.batch_size, "the test needs a remainder batch"
+    eager = train(cfg, splits, tmp_path / "eager")
+    sizes = _static_on_cpu(monkeypatch)
+    static = train(cfg, splits, tmp_path / "static")
+    assert set(sizes) == {96, len(splits.train_x) % 96}  # every step, the remainder included, went through it
+    assert sha256_file(tmp_path / f"static/{name}/model.safetensors") == \
+        sha256_file(tmp_path / f"eager/{name}/model.safetensors")
+    assert static.history == eager.history
+
+
+def test_batch_sizes_of_an_epoch():
+    from digits.train_step import batch_sizes
+
+    assert batch_sizes(1000, 256) == [256, 232]
+    assert batch_sizes(1024, 256) == [256]
+    assert batch_sizes(100, 256) == [100]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("graph", [True, False])
+def test_cuda_training_with_and_without_the_graph(graph, splits, tmp_path):
+    cfg = resolve_config("mlp", "fast", device="cuda", lr=3e-3, cuda_graph=graph, **{**QUICK, "augment": True})
+    result = train(cfg, splits, tmp_path)
+    manifest = load_checkpoint(tmp_path / "mlp")[1]
+    assert result.test_accuracy >= 0.60
+    assert manifest["cuda_graph"] is graph and manifest["setup_seconds"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_captured_step_equals_its_eager_body(splits):
+    from digits.models import create_model
+    from digits.train_step import StaticStep
+
+    torch.manual_seed(0)
+    model = create_model("lenet5").cuda()
+    x, y = splits.train_x.cuda(), splits.train_y.cuda()
+    idx, theta = torch.arange(64, device="cuda"), torch.eye(2, 3).repeat(64, 1, 1)
+    steps = [StaticStep(model, x, y, sizes=[64], label_smoothing=0.1, augment=True, capture=c)
+             for c in (True, False)]
+    results = []
+    for step in steps:
+        step.warm_up()
+        loss = step(idx, theta).clone()
+        torch.cuda.synchronize()
+        results.append((loss, [p.grad.clone() for p in model.parameters()]))
+    (la, ga), (lb, gb) = results
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -249,8 +249,12 @@ class OnnxRuntime(Backend):
     def _open(self, model, device, *, checkpoint, threads):
         from digits.export.onnx import session_options
 
-        self.session = get_format("onnx").open(self.artifact, device, threads=threads, spinning=self.spinning)
+        self.session = get_format("onnx").open(self.artifact, device, threads=threads, spinning=self.spinning,
+                                               provider=self._provider())
         self.settings = session_options(self.session)
+
+    def _provider(self) -> tuple[str, dict] | None:
+        return None  # the device's default: CPU, or CUDA without a graph
 
     @property
     def provider(self) -> str:
@@ -275,10 +279,13 @@ class OnnxRuntime(Backend):
 
     def run(self, binding):
         self.session.run_with_iobinding(binding)
+        if self.device == "cuda":
+            binding.synchronize_outputs()  # the host clock stops when the logits are there
         return binding
 
     def logits(self, binding) -> torch.Tensor:
         return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
 
 
+from digits.bench import ort_gpu as _ort_gpu  # noqa: E402,F401  (registers the onnxruntime GPU backends)
 from digits.bench import openvino as _openvino  # noqa: E402,F401  (registers the openvino backend)

@@ -156,7 +156,7 @@ def environment(cfg: BenchConfig) -> dict:
         "date": now_iso(),
         "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "device": cfg.device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
-        **versions, **_openvino_version(),
+        **versions, **_openvino_version(), **_gpu_facts(cuda),
         "cpu_features": cpu_features(),  # the flags that decide which precisions are native
         "native_precisions": native_precisions(cfg.device),
         "precisions": cfg.resolved_precisions(),
@@ -170,6 +170,18 @@ def environment(cfg: BenchConfig) -> dict:
         "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
         "config": asdict(cfg),
     }
+
+
+def _gpu_facts(cuda: bool) -> dict:
+    """onnxruntime's providers (which wheel is installed), and on CUDA the GPU's particulars."""
+    import onnxruntime as ort
+
+    facts = {"onnxruntime_providers": ort.get_available_providers()}
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        facts.update(cuda_version=torch.version.cuda, cudnn_version=torch.backends.cudnn.version(),
+                     gpu_capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    return facts
 
 
 @torch.inference_mode()

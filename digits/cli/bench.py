@@ -27,7 +27,8 @@ def bench(
     models_: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = ",".join(list_models()),
     backends: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated backends "
                                                  "(default: every installed one for the device: eager, torchscript, "
-                                                 "onnxruntime, pt2, openvino on CPU, cudagraph on CUDA; also: compile).")] = None,
+                                                 "onnxruntime, pt2, openvino on CPU; on CUDA no openvino, plus cudagraph, "
+                                                 "onnxruntime-cudagraph and tensorrt; also: compile).")] = None,
     device: Annotated[Device, typer.Option(help="cpu or cuda (auto picks cuda when available).")] = Device.cpu,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,128,256",
     precisions: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated precisions: fp32, bf16, "

@@ -35,6 +35,8 @@ def train(
     recipe: Annotated[Recipe, typer.Option(help="default: tuned for accuracy; fast: a few seconds.")] = Recipe.default,
     device: Annotated[Device, typer.Option(help="auto picks cuda when available.")] = Device.auto,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).", show_default=False)] = None,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph/--no-cuda-graph",
+                                             help="On CUDA, replay the step as a CUDA graph.")] = True,
     out_dir: OutDir = Path("artifacts"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (Ctrl-C saves one).")] = False,
     data_dir: DataDir = None,
@@ -48,7 +50,8 @@ def train(
 
     names = model_names(model)
     cfgs = [resolve_config(n, recipe.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                           augment=augment, device=device.value, threads=threads) for n in names]
+                           augment=augment, device=device.value, threads=threads,
+                           cuda_graph=cuda_graph) for n in names]
     root = data_root(data_dir)
     ensure_mnist(root, log=log)
     splits = load_splits(root, seed=seed)

@@ -13,6 +13,7 @@ import functools
 import io
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -160,10 +161,37 @@ def _quiet_logs():
         log.setLevel(old)
 
 
-def make_session(path: Path | bytes, device: str = "cpu", *, threads: int | None = None, spinning: bool = True):
+# What to install for each GPU provider: the cell's error says it, never a CPU number instead.
+_INSTALL = {
+    "CUDAExecutionProvider": "Install onnxruntime-gpu in place of onnxruntime (`make setup-gpu`, extra [gpu]).",
+    "TensorrtExecutionProvider": "Install onnxruntime-gpu (`make setup-gpu`) and TensorRT (pip install tensorrt-cu12), "
+                                 "with TensorRT's libraries on the loader path (LD_LIBRARY_PATH).",
+}
+
+
+def gpu_provider(kind: str = "cuda", *, cuda_graph: bool = False, fp16: bool = False) -> tuple[str, dict]:
+    """``(provider name, options)`` for onnxruntime on the GPU; every option explicit, all strings.
+
+    ``cuda_graph``: the CUDA provider captures the session's kernels in a CUDA graph on the
+    first runs of each ``gpu_graph_id`` and replays it after (inputs and outputs must stay at
+    the same device addresses: IO binding to fixed OrtValues). ``fp16`` lets TensorRT build
+    fp16 kernels from the fp32 model.
+    """
+    if kind == "cuda":
+        return "CUDAExecutionProvider", {"device_id": "0", "enable_cuda_graph": str(int(cuda_graph)),
+                                         "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"}
+    if kind == "tensorrt":
+        return "TensorrtExecutionProvider", {"device_id": "0", "trt_fp16_enable": str(int(fp16)),
+                                             "trt_engine_cache_enable": "0", "trt_cuda_graph_enable": "0"}
+    raise UsageError(f"Unknown onnxruntime GPU provider {kind!r}: cuda or tensorrt.")
+
+
+def make_session(path: Path | bytes, device: str = "cpu", *, threads: int | None = None, spinning: bool = True,
+                 provider: tuple[str, dict] | None = None):
     """An InferenceSession with every option set explicitly (see :func:`session_options`).
 
     ``path`` may also be a serialized model (bytes), as for the bench's MatMul probe.
+    ``provider`` picks the GPU provider and its options (default: :func:`gpu_provider`).
 
     ORT_ENABLE_ALL turns on the NCHWc layout transform, worth ~1.4x on LeNet-5 at batch
     256 here over ORT_ENABLE_EXTENDED; spinning threads cut small-batch latency.
@@ -178,25 +206,40 @@ def make_session(path: Path | bytes, device: str = "cpu", *, threads: int | None
     opts.inter_op_num_threads = 1  # the graph is a chain: no parallel branches to run
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DigitsError("onnxruntime has no CUDAExecutionProvider here, so it cannot run on the GPU. "
-                              "Install onnxruntime-gpu (pip install onnxruntime-gpu) in place of onnxruntime.")
-        providers = ["CUDAExecutionProvider"]
+        name, options = provider or gpu_provider()
+        if name not in ort.get_available_providers():
+            raise DigitsError(f"onnxruntime {ort.__version__} has no {name} here, so it cannot run this on the GPU. "
+                              + _INSTALL.get(name, ""))
+        # TensorRT hands the nodes it cannot build to CUDA, as onnxruntime intends.
+        providers = [(name, options)] + ([gpu_provider()] if name != "CUDAExecutionProvider" else [])
     else:
-        providers = ["CPUExecutionProvider"]
+        name, providers = "CPUExecutionProvider", ["CPUExecutionProvider"]
+    chatter = io.StringIO()
     try:
-        session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=providers)
+        # A provider that fails to start makes onnxruntime print its fallback on stdout, which
+        # belongs to --json: it goes to stderr, beside onnxruntime's own log of the cause.
+        with contextlib.redirect_stdout(chatter):
+            session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=providers)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
         what = "The model" if isinstance(path, bytes) else str(path)
+        if device == "cuda":
+            raise DigitsError(f"onnxruntime could not start {name} for {what} ({_first_line(e)}). "
+                              + _INSTALL.get(name, "")) from None
         raise DigitsError(f"{what} is not a loadable ONNX model ({_first_line(e)}). "
                           "Re-create it with `digits export --format onnx`.") from None
-    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise DigitsError("onnxruntime fell back to the CPU instead of CUDA; refusing to report CPU "
-                          "numbers as GPU. Install onnxruntime-gpu matching your CUDA version.")
+    finally:
+        if chatter.getvalue():
+            sys.stderr.write(chatter.getvalue())
+    if session.get_providers()[0] != name:
+        raise DigitsError(f"onnxruntime fell back from {name} to {session.get_providers()[0]}; refusing to "
+                          f"report its numbers as {name}'s. " + _INSTALL.get(name, ""))
     session._digits_options = {  # what was used, for the record
         "graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
         "intra_op_num_threads": opts.intra_op_num_threads, "inter_op_num_threads": 1,
         "allow_spinning": spinning, "providers": session.get_providers()}
+    if device == "cuda":
+        reported = session.get_provider_options().get(name, {})  # read back: what the provider took
+        session._digits_options["provider_options"] = {k: reported.get(k) for k in options}
     return session
 
 

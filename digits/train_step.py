@@ -1,0 +1,104 @@
+"""The CUDA training step as a replayed CUDA graph: gather, augment, forward, loss, backward.
+
+An eager step on a GPU launches ~60 small kernels for LeNet-5, each costing more host time
+than the GPU spends on it, so training is launch-bound. Captured once per batch size on
+static buffers (the batch's indices and affine parameters), a step is a copy into those
+buffers plus one ``replay()``.
+
+The optimizer step and the schedule stay outside the graph, on purpose: fused AdamW is one
+launch, and a captured optimizer would bake OneCycle's per-step beta1 into the graph (fused
+AdamW reads betas as host scalars), changing the recipe. Outside, the numbers are the eager
+loop's: the graph zeroes the static gradients and accumulates into them, ``0 + g == g``.
+
+``capture=False`` runs the same body through the same buffers without a graph, which is how
+the CPU test suite checks it against the eager loop bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from digits.augment import affine
+
+WARMUP_STEPS = 3  # PyTorch's recipe: a few eager iterations on a side stream before capture
+
+
+@dataclass
+class _Slot:
+    idx: torch.Tensor  # static: the batch's row indices into the training set
+    theta: torch.Tensor | None  # static: per-image affine parameters, None without augmentation
+    loss: torch.Tensor | None = None  # static output of the captured graph
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class StaticStep:
+    """``step(idx, theta) -> loss``: forward and backward of one batch, gradients left in ``.grad``."""
+
+    def __init__(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *, sizes: list[int],
+                 label_smoothing: float, augment: bool, capture: bool):
+        self.model, self.x, self.y = model, train_x, train_y
+        self.label_smoothing, self.capture = label_smoothing, capture
+        device = train_x.device
+        identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=device)
+        self.slots = {n: _Slot(torch.zeros(n, dtype=torch.long, device=device),
+                               identity.repeat(n, 1, 1) if augment else None) for n in sizes}
+        self.setup_seconds = 0.0
+
+    def _body(self, slot: _Slot) -> torch.Tensor:
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()  # in place: the captured graph owns these tensors
+        x = self.x[slot.idx]
+        if slot.theta is not None:
+            x = affine(x, slot.theta)
+        loss = F.cross_entropy(self.model(x), self.y[slot.idx], label_smoothing=self.label_smoothing)
+        loss.backward()
+        return loss
+
+    def warm_up(self) -> None:
+        """A few eager passes per batch size on a side stream (cuDNN/cuBLAS set-up, autotuning),
+        then, with ``capture``, one graph per batch size. CUDA only; the weights are untouched
+        and dropout's random stream is restored, so a run still reproduces."""
+        t0 = time.perf_counter()
+        rng = torch.cuda.get_rng_state()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for slot in self.slots.values():
+                for _ in range(WARMUP_STEPS):
+                    self._body(slot)
+        torch.cuda.current_stream().wait_stream(side)
+        for slot in self.slots.values() if self.capture else ():
+            slot.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(slot.graph):
+                slot.loss = self._body(slot)
+        if not self.capture:
+            self.model.zero_grad(set_to_none=True)  # the eager loop starts from no gradients
+        torch.cuda.synchronize()
+        torch.cuda.set_rng_state(rng)
+        self.setup_seconds = time.perf_counter() - t0
+
+    def __call__(self, idx: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+        slot = self.slots[len(idx)]
+        slot.idx.copy_(idx)  # device to device: idx is a slice of the epoch's permutation
+        if slot.theta is not None:
+            # pinned + non_blocking: a pageable copy would wait for the GPU every step
+            src = theta.pin_memory() if slot.theta.is_cuda else theta
+            slot.theta.copy_(src, non_blocking=slot.theta.is_cuda)
+        if not self.capture:
+            return self._body(slot)
+        slot.graph.replay()
+        return slot.loss
+
+
+def batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The distinct batch sizes of an epoch: the full batch, and the remainder if any."""
+    sizes = [min(n, batch_size)]
+    if n > batch_size and n % batch_size:
+        sizes.append(n % batch_size)
+    return sizes

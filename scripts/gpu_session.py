@@ -1,0 +1,130 @@
+"""The GPU checks of the CUDA work, for a lent GPU machine (the `device` tool), in stages that
+each fit its 10-minute command limit. Nothing can be installed there, so ``pack`` (run here,
+where pip and MNIST are) prepares what travels:
+
+    python scripts/gpu_session.py pack    # here: gzipped, verified MNIST -> data/, wheels -> .whl/
+    # then on the device, carrying ["data", ".whl", "artifacts"], one stage per call:
+    python3 scripts/gpu_session.py test   # the whole suite there, CUDA tests included
+    python3 scripts/gpu_session.py train  # lenet5 --recipe fast on CUDA, graph on and off, 3 seeds
+    python3 scripts/gpu_session.py bench  # export all (fp32, fp16, bf16), then digits bench --device cuda
+
+Each device stage writes under ``$OUT`` (what the device tool brings back): ``test`` its
+log, ``train`` train-cuda-<date>.json, ``bench`` the bench files. The checkpoints are the
+ones carried in artifacts/ (the committed CPU run's models), so GPU and CPU figures are of
+the same weights; the exports are made again there, by that machine's torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA, WHEELS = ROOT / "data", ROOT / ".whl"
+# Runtime dependencies the device image lacks (the rest are there); versions as tested here.
+MISSING_THERE = ["fastapi==0.165.0", "starlette==1.10.0", "pydantic==2.14.4", "pydantic-core==2.50.5",
+                 "annotated-types==0.8.0", "annotated-doc==0.0.7", "typing-inspection==0.4.5",
+                 "uvicorn==0.54.0", "python-multipart==0.0.34"]
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+
+
+def pack(_args) -> None:
+    sys.path.insert(0, str(ROOT))
+    from digits.data import FILES, _find, default_root, raw_dir, verify_manifest, write_manifest
+
+    src = raw_dir(default_root())
+    verify_manifest(src)  # only files that `digits data` verified travel
+    dest = raw_dir(DATA)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FILES.values():
+        with open(_find(src, name), "rb") as f, gzip.GzipFile(dest / f"{name}.gz", "wb", mtime=0) as gz:
+            shutil.copyfileobj(f, gz)
+    write_manifest(dest, "gpu_session.py pack: gzipped copy of a verified MNIST")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp",
+                    *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(WHEELS), *MISSING_THERE], check=True)
+    print(f"packed {dest} and {WHEELS}; carry data, .whl and artifacts")
+
+
+def _env() -> dict:
+    """PYTHONPATH with the repo and the carried wheels, MNIST from data/."""
+    import importlib.util
+
+    site = Path("/tmp/site")
+    if WHEELS.is_dir() and not site.is_dir() and importlib.util.find_spec("fastapi") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--target", str(site), *map(str, WHEELS.glob("*.whl"))], check=True)
+    path = os.pathsep.join([str(ROOT), str(site), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "DIGITS_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
+
+
+def _digits(*args: str, log=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from digits.cli import app; app()", *args]
+    return subprocess.run(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, check=True)
+
+
+def _out() -> Path:
+    out = Path(os.environ.get("OUT", ROOT / "results"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test(_args) -> None:
+    with open(_out() / "pytest-gpu.txt", "w") as log:
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs"], env=_env(), cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT).returncode
+    print((_out() / "pytest-gpu.txt").read_text()[-3000:])
+    sys.exit(rc)
+
+
+def train(args) -> None:
+    runs = []
+    for seed in args.seeds:
+        for graph in ("--cuda-graph", "--no-cuda-graph"):
+            done = _digits("train", "lenet5", "--recipe", "fast", "--device", args.device, graph, "--seed", str(seed),
+                           "--out", f"/tmp/train-{seed}{graph}", "--json")
+            r = json.loads(done.stdout)
+            manifest = json.loads(Path(f"/tmp/train-{seed}{graph}/lenet5/manifest.json").read_text())
+            runs.append({"seed": seed, "cuda_graph": manifest["cuda_graph"], "test_accuracy": r["test_accuracy"],
+                         "train_seconds": r["train_seconds"], "setup_seconds": manifest["setup_seconds"]})
+            print(runs[-1])
+    import torch
+
+    path = _out() / f"train-{args.device}-{dt.date.today().isoformat()}.json"
+    path.write_text(json.dumps({"command": f"digits train lenet5 --recipe fast --device {args.device} [--no-cuda-graph]",
+                                "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                                "torch": torch.__version__, "runs": runs}, indent=2))
+
+
+def bench(args) -> None:
+    with open(_out() / "export-gpu.txt", "w") as log:
+        _digits("export", "all", "--format", "all", log=log)
+        for p in ("fp16", "bf16"):
+            _digits("export", "all", "--format", "all", "--precision", p, log=log)
+        done = _digits("bench", "--device", args.device, "--out", str(_out()), log=log)
+    print(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True)
+    sub.add_parser("pack").set_defaults(run=pack)
+    sub.add_parser("test").set_defaults(run=test)
+    sub.add_parser("train").add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sub.choices["train"].set_defaults(run=train)
+    sub.add_parser("bench").set_defaults(run=bench)
+    for stage in ("train", "bench"):  # --device cpu: a dry run of the stage's plumbing anywhere
+        sub.choices[stage].add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
