@@ -5,8 +5,8 @@ than the GPU spends on it, so training is launch-bound. Captured once per batch 
 static buffers (the batch's indices and affine parameters), a step is a copy into those
 buffers plus one ``replay()``.
 
-The optimizer step and the schedule stay outside the graph, on purpose: fused AdamW is one
-launch, and a captured optimizer would bake OneCycle's per-step beta1 into the graph (fused
+The optimizer step and the schedule stay outside the graph, on purpose: fused AdamW is a launch
+or two, and a captured optimizer would bake OneCycle's per-step beta1 into the graph (fused
 AdamW reads betas as host scalars), changing the recipe. Outside, the numbers are the eager
 loop's: the graph zeroes the static gradients and accumulates into them, ``0 + g == g``.
 
@@ -50,9 +50,12 @@ class StaticStep:
         self.setup_seconds = 0.0
 
     def _body(self, slot: _Slot) -> torch.Tensor:
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad.zero_()  # in place: the captured graph owns these tensors
+        if self.capture:  # in place: the graph keeps writing into these very tensors
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+        else:  # the eager loop's own habit, so --no-cuda-graph is the best eager step
+            self.model.zero_grad(set_to_none=True)
         x = self.x[slot.idx]
         if slot.theta is not None:
             x = affine(x, slot.theta)
@@ -77,8 +80,6 @@ class StaticStep:
             slot.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(slot.graph):
                 slot.loss = self._body(slot)
-        if not self.capture:
-            self.model.zero_grad(set_to_none=True)  # the eager loop starts from no gradients
         torch.cuda.synchronize()
         torch.cuda.set_rng_state(rng)
         self.setup_seconds = time.perf_counter() - t0
