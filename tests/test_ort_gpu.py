@@ -101,3 +101,15 @@ def test_cuda_sweep_records_missing_providers_as_errors(exported, trained, test_
             assert r["error"] is None and r["p50_ms"] > 0, r
         else:
             assert "make setup-gpu" in r["error"] and r["p50_ms"] is None
+
+
+@pytest.mark.parametrize("backend", ["cudagraph", "onnxruntime-cudagraph", "tensorrt"])
+def test_a_cuda_only_backend_on_the_cpu_is_bad_usage(backend):
+    from typer.testing import CliRunner
+
+    from digits.cli import app
+
+    with pytest.raises(UsageError, match=f"{backend} runs on cuda only"):
+        BenchConfig(backends=[backend], device="cpu").validate()
+    result = CliRunner().invoke(app, ["bench", "--backends", backend])
+    assert result.exit_code == 2 and "--device cuda" in result.output and "Traceback" not in result.output

@@ -31,7 +31,7 @@ DEFAULT_BATCH_SIZES = (1, 8, 32, 128, 256)
 @dataclass
 class BenchConfig:
     models: list[str] = field(default_factory=list_models)
-    backends: list[str] = field(default_factory=lambda: default_backends())
+    backends: list[str] | None = None  # None: default_backends(device)
     device: str = "cpu"
     precisions: list[str] | None = None  # None: fp32 + every reduced precision the device runs natively
     batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
@@ -43,19 +43,25 @@ class BenchConfig:
     checkpoint: str = "artifacts"
     artifacts: str = "artifacts"
 
+    def __post_init__(self):
+        if self.backends is None:
+            self.backends = default_backends(self.device)
+
     def validate(self) -> None:
         for m in self.models:
             if m not in list_models():
                 raise UsageError(f"Unknown model {m!r}. Choose from: {', '.join(list_models())}.")
-        for b in self.backends:
-            create_backend(b)
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise UsageError(f"Batch sizes must be whole numbers >= 1, got {self.batch_sizes}.")
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"Unknown device {self.device!r}. Choose cpu or cuda.")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise DigitsError("--device cuda was asked for, but CUDA is not available on this machine "
                               f"(torch {torch.__version__} sees no GPU). Run with --device cpu.")
+        for b in self.backends:
+            if self.device not in (runs_on := create_backend(b).devices):
+                raise UsageError(f"Backend {b} runs on {', '.join(runs_on)} only, not on {self.device}: "
+                                 f"use --device {runs_on[0]}, or leave {b} out of --backends.")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise UsageError(f"Batch sizes must be whole numbers >= 1, got {self.batch_sizes}.")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}.")
         if self.warmup < 0 or self.min_time < 0 or self.rounds < 1:
