@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from digits._io import atomic_path, atomic_write
-from digits.bench.report import best_cells, cell_label, features, gemm_summary
+from digits.bench.report import best_cells, cell_label, features, gemm_summary, trusted
 from digits.checkpoint import checkpoint_dir, load_checkpoint
 from digits.errors import DigitsError
 from digits.evaluate import Evaluation, evaluate_model
@@ -31,7 +31,7 @@ def latest_bench(results: Path) -> dict | None:
 
 
 def best(records: list[dict], model: str, batch: int) -> dict | None:
-    ok = [r for r in records if r["model"] == model and r["batch_size"] == batch and not r["error"]]
+    ok = [r for r in records if r["model"] == model and r["batch_size"] == batch and trusted(r)]
     return min(ok, key=lambda r: r["p50_ms"]) if ok else None
 
 

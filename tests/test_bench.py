@@ -162,11 +162,56 @@ def small_report(exported, trained, test_set):
     return run_bench(cfg, *test_set)
 
 
+def test_a_cell_that_misses_parity_is_flagged_and_never_named_fastest(exported, trained, test_set, monkeypatch):
+    from digits.bench.backends import TorchScript
+    from digits.bench.report import best_cells, fastest
+
+    import time
+
+    from digits.bench.backends import Eager
+
+    real_logits, real_run = TorchScript.logits, Eager.run
+    monkeypatch.setattr(TorchScript, "logits", lambda self, out: real_logits(self, out) + 1e-3)  # fast, but off
+    monkeypatch.setattr(Eager, "run", lambda self, p: (time.sleep(0.005), real_run(self, p))[1])  # right, but slow
+    cfg = BenchConfig(models=["lenet5"], backends=["eager", "torchscript"], batch_sizes=[256],
+                      checkpoint=str(trained), artifacts=str(trained), **QUICK)
+    report = run_bench(cfg, *test_set)
+    ts = next(r for r in report["records"] if r["backend"] == "torchscript")
+    assert ts["error"] is None and ts["parity"]["passed"] is False
+    assert ts["parity"]["max_abs_diff"] == pytest.approx(1e-3, rel=0.05)
+    assert "| lenet5 | torchscript | fp32 | 256 |" in to_markdown(report) and "| FAIL |" in to_markdown(report)
+    rows = to_csv(report["records"]).splitlines()
+    column = rows[0].split(",").index("parity_passed")
+    assert sorted(row.split(",")[column] for row in rows[1:]) == ["false", "true"]
+    eager = next(r for r in report["records"] if r["backend"] == "eager")
+    assert ts["p50_ms"] < eager["p50_ms"]  # torchscript was faster ...
+    assert all(b[2] == "eager" for b in fastest(report["records"]))  # ... and is still not named fastest
+    assert best_cells(report["records"])[0]["backend"] == "eager"
+
+
+def test_the_sweep_runs_with_tf32_off_and_restores_it(exported, trained, test_set, monkeypatch):
+    from digits.bench.backends import Eager
+
+    seen, real_run = [], Eager.run
+    monkeypatch.setattr(Eager, "run", lambda self, p: (seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)), real_run(self, p))[1])
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as a user might have them
+    try:
+        cfg = BenchConfig(models=["lenet5"], backends=["eager"], batch_sizes=[8], checkpoint=str(trained),
+                          artifacts=str(trained), **QUICK)
+        report = run_bench(cfg, *test_set)
+        assert seen and set(seen) == {(False, False)} and report["environment"]["tf32"] is False
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def test_record_schema(small_report):
     recs = small_report["records"]
     assert len(recs) == len(FAST_BACKENDS) * 2
     assert set(recs[0]) == set(Record.__dataclass_fields__)
-    assert set(COLUMNS) <= set(recs[0])
+    assert set(COLUMNS) - {"parity_passed"} <= set(recs[0])  # parity_passed: derived from parity in the CSV
     for r in recs:
         assert r["error"] is None, r
         assert r["p50_ms"] > 0 and r["iterations"] == 4 and r["first_call_ms"] > 0  # 2 rounds x ceil(3/2)
@@ -175,6 +220,9 @@ def test_record_schema(small_report):
         assert r["efficiency"] == pytest.approx(efficiency(r["throughput"], r["macs_per_image"],
                                                            small_report["environment"]["peak_gflops"]))
         assert 0.5 < r["accuracy"] <= 1 and r["threads"] == 2
+        par = r["parity"]  # every cell against eager FP32 on the same device, FP32's thresholds
+        assert par["passed"] and par["max_abs_diff"] <= 1e-4 and par["argmax_agreement"] == 1.0, r
+        assert par["reference"] == "eager fp32 on cpu" and par["accuracy"] == r["accuracy"]
     env = small_report["environment"]
     for key in ("cpu", "cores", "torch", "onnxruntime", "onnx", "device_name", "date", "peak_gflops",
                 "harness_overhead_ms"):

@@ -20,7 +20,7 @@ NEEDS = {"onnxruntime": "CUDAExecutionProvider", "onnxruntime-cudagraph": "CUDAE
 
 def test_provider_options_are_explicit_strings():
     name, opts = gpu_provider("cuda", cuda_graph=True)
-    assert name == "CUDAExecutionProvider" and opts["enable_cuda_graph"] == "1"
+    assert name == "CUDAExecutionProvider" and opts["enable_cuda_graph"] == "1" and opts["use_tf32"] == "0"
     assert gpu_provider("cuda")[1]["enable_cuda_graph"] == "0"
     name, opts = gpu_provider("tensorrt", fp16=True)
     assert name == "TensorrtExecutionProvider" and opts["trt_fp16_enable"] == "1"

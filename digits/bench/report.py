@@ -18,7 +18,7 @@ from digits._io import atomic_path, atomic_write, atomic_write_json
 
 COLUMNS = ["model", "backend", "precision", "device", "batch_size", "params", "macs_per_image", "artifact_bytes",
            "first_call_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "iterations", "throughput",
-           "accuracy", "efficiency", "threads", "provider", "error"]
+           "accuracy", "parity_passed", "efficiency", "threads", "provider", "error"]
 
 
 def stem(report: dict) -> str:
@@ -51,8 +51,19 @@ def to_csv(records: list[dict]) -> str:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in records:
-        w.writerow(r)
+        w.writerow({**r, "parity_passed": parity_mark(r, "true", "false")})
     return buf.getvalue()
+
+
+def parity_mark(r: dict, yes: str = "pass", no: str = "FAIL") -> str:
+    """A cell's parity verdict against eager FP32 on its device ('' where none was run)."""
+    parity = r.get("parity")
+    return "" if not parity else (yes if parity["passed"] else no)
+
+
+def trusted(r: dict) -> bool:
+    """A cell that ran and did not fail parity: the only kind a verdict may name fastest."""
+    return r["error"] is None and (r.get("parity") or {}).get("passed", True)
 
 
 def _fmt(v, spec: str) -> str:
@@ -69,12 +80,13 @@ def to_markdown(report: dict) -> str:
              f"- GEMM probes: {gemm_summary(env)}; timer overhead {env['harness_overhead_ms'] * 1e3:.2f} us",
              f"- round spread (median over cells of slowest/fastest round p50 - 1): {_fmt(env.get('round_spread'), '.1%')}",
              "", "| model | backend | precision | batch | p50 ms | p90 ms | p99 ms | first ms | img/s | accuracy | "
-             "efficiency | error |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "parity | efficiency | error |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in report["records"]:
         lines.append(f"| {r['model']} | {r['backend']} | {r.get('precision', 'fp32')} | {r['batch_size']} | "
                      f"{_fmt(r['p50_ms'], '.4f')} | "
                      f"{_fmt(r['p90_ms'], '.4f')} | {_fmt(r['p99_ms'], '.4f')} | {_fmt(r['first_call_ms'], '.3f')} | "
-                     f"{_fmt(r['throughput'], ',.0f')} | {_fmt(r['accuracy'], '.2%')} | {_fmt(r['efficiency'], '.3f')} | "
+                     f"{_fmt(r['throughput'], ',.0f')} | {_fmt(r['accuracy'], '.2%')} | {parity_mark(r)} | "
+                     f"{_fmt(r['efficiency'], '.3f')} | "
                      f"{r['error'] or ''} |")
     return "\n".join(lines) + "\n"
 
@@ -99,7 +111,7 @@ def fastest(records: list[dict]) -> set[tuple]:
     """(model, batch_size, backend, precision) of the lowest p50 per model and batch size."""
     best: dict[tuple, dict] = {}
     for r in records:
-        if r["error"] is None:
+        if trusted(r):
             key = (r["model"], r["batch_size"])
             if key not in best or r["p50_ms"] < best[key]["p50_ms"]:
                 best[key] = r
@@ -111,7 +123,7 @@ def best_cells(records: list[dict], batch: int = 256) -> list[dict]:
     cost of the former against the latter (points): the bench's one-line verdict."""
     rows = []
     for model in sorted({r["model"] for r in records}):
-        ok = [r for r in records if r["model"] == model and r["batch_size"] == batch and r["error"] is None]
+        ok = [r for r in records if r["model"] == model and r["batch_size"] == batch and trusted(r)]
         fp32 = [r for r in ok if r.get("precision", "fp32") == "fp32"]
         if not ok or not fp32:
             continue
@@ -165,13 +177,17 @@ def table(report: dict) -> Table:
             continue
         prec = r.get("precision", "fp32")
         style = "bold green" if (r["model"], r["batch_size"], r["backend"], prec) in best else None
+        acc = f"{r['accuracy']:.2%}" + (" [red]parity FAIL[/]" if parity_mark(r) == "FAIL" else "")
         t.add_row(r["model"], str(r["batch_size"]), r["backend"], prec, f"{r['p50_ms'] * 1e3:,.1f}",
                   f"{r['p99_ms'] * 1e3:,.1f}", f"{r['throughput']:,.0f}", _fmt(r["efficiency"], ".2f") or "-",
-                  f"{r['accuracy']:.2%}", style=style)
+                  acc, style=style)
     t.caption = ("bold green: fastest backend+precision for that model and batch size (lowest p50); "
                  "eff: throughput x 2 x MACs / the fastest GEMM probe of the cell's precision")
     if any(r["error"] for r in report["records"]):
         t.caption += "; red: the cell failed, its reason is in the record's error field and on stderr"
+    if any(parity_mark(r) == "FAIL" for r in report["records"]):
+        t.caption += ("; parity FAIL: its logits miss the precision's parity thresholds against eager FP32 "
+                      "on this device, so it is never named fastest")
     return t
 
 

@@ -18,9 +18,10 @@ import torch
 
 from digits.bench import probes as _probes
 from digits.bench.backends import Backend, create_backend, list_backends
-from digits.bench.timing import Timing, fp32_matmul, gflops, harness_overhead_ms, measure
+from digits.bench.timing import Timing, gflops, harness_overhead_ms, measure, strict_fp32
 from digits.checkpoint import now_iso
 from digits.export import runtime_versions
+from digits.export.parity import check_parity
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models, model_info
 from digits.precision import cpu_features, native_precisions, resolve_precisions
@@ -118,6 +119,7 @@ class Record:
     provider: str | None = None
     settings: dict = field(default_factory=dict)
     round_p50_ms: list[float] = field(default_factory=list)  # p50 of each interleaved round
+    parity: dict | None = None  # against eager FP32 on the same device (digits.export.parity)
     error: str | None = None
 
 
@@ -174,6 +176,7 @@ def environment(cfg: BenchConfig) -> dict:
         "probe_errors": errors,  # probe (or version query) -> why it failed (the sweep goes on without it)
         "round_spread": None,  # how much the machine's speed moved between rounds
         "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
+        "tf32": False,  # the sweep runs inside strict_fp32(): fp32 cells are FP32 on CUDA too
         "config": asdict(cfg),
     }
 
@@ -205,7 +208,13 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
     over all cells instead of landing on whichever cell ran during it; two runs agree far
     better than with one block per cell. Each round warms the cell up again. Pass a dict
     as ``samples`` to receive every cell's raw latencies, keyed "model/backend/device/batch".
+    The whole sweep runs with CUDA's TF32 off (:func:`strict_fp32`).
     """
+    with strict_fp32():
+        return _sweep(cfg, x, y, on_record, samples)
+
+
+def _sweep(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, on_record, samples) -> dict:
     cfg.validate()
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -215,6 +224,7 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
     cells = []  # (record, backend, prepared input)
     for model in cfg.models:
         info = model_info(model)
+        reference = _reference(model, cfg, threads)
         for name, precision in swept:
             base = dict(model=model, backend=name, device=cfg.device, precision=precision, params=info.params,
                         macs_per_image=info.macs, threads=threads)
@@ -222,13 +232,14 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 backend = create_backend(name).load(model, cfg.device, checkpoint=Path(cfg.checkpoint),
                                                     artifacts=Path(cfg.artifacts), threads=threads,
                                                     precision=precision)
-                acc = accuracy(backend, x, y)
+                parity = _parity(backend, reference, x, y, precision)
+                acc = parity["accuracy"] if parity else accuracy(backend, x, y)
             except Exception as e:  # noqa: BLE001 - a failing cell is data, the sweep goes on
                 records += [Record(**base, batch_size=b, error=_reason(e)) for b in cfg.batch_sizes]
                 continue
             for b in cfg.batch_sizes:
                 rec = Record(**base, batch_size=b, artifact_bytes=backend.artifact.stat().st_size,
-                             accuracy=acc, provider=backend.provider, settings=backend.settings)
+                             accuracy=acc, provider=backend.provider, settings=backend.settings, parity=parity)
                 records.append(rec)
                 try:
                     cells.append((rec, backend, backend.prepare(_batch(x, b))))
@@ -242,7 +253,7 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
         # down during the sweep moves numerator and denominator of `efficiency` together.
         for name, (call, _, cuda, _precision) in list(probes.items()):
             try:
-                with fp32_matmul():
+                with strict_fp32():
                     t = measure(call, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds),
                                 min_time=0.0, cuda_events=cuda)
             except Exception as e:  # noqa: BLE001 - a probe is a second opinion, never the main job
@@ -284,6 +295,24 @@ def run_bench(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor,
                 samples[sample_key(rec)] = t.samples_ms
         on_record(rec)
     return {"environment": env, "records": [asdict(r) for r in records]}
+
+
+def _reference(model: str, cfg: BenchConfig, threads: int) -> Backend | None:
+    """Eager FP32 on the bench's device: what every cell's logits are held to. None if even
+    that cannot load; the cells then say why themselves, and carry no parity."""
+    try:
+        return create_backend("eager").load(model, cfg.device, checkpoint=Path(cfg.checkpoint), threads=threads)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _parity(backend: Backend, reference: Backend | None, x, y, precision: str) -> dict | None:
+    """The one parity check (digits.export.parity) of this cell against eager FP32 on the same
+    device: every batch shape the check runs, the thresholds of the cell's precision."""
+    if reference is None:
+        return None
+    p = check_parity(backend, reference, x, y, precision=precision).to_dict()
+    return {**p, "reference": f"eager fp32 on {reference.device}"}
 
 
 def sample_key(rec: Record) -> str:

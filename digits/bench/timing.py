@@ -121,7 +121,7 @@ def matmul_probe(device: str = "cpu", n: int = 2048, dtype: str = "fp32"):
     """``(call, flops, cuda_events)`` for one large ``torch.mm`` on ``device`` (fp32, bf16 or fp16).
 
     It runs on the current ``torch.get_num_threads()``, so set threads first; time it
-    inside :func:`fp32_matmul` so that CUDA's TF32 is off and the figure is true FP32.
+    inside :func:`strict_fp32` so that CUDA's TF32 is off and the figure is true FP32.
     """
     dev = torch.device(device)
     kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
@@ -136,10 +136,12 @@ def gflops(flops: int, timing: Timing) -> float:
 
 
 @contextlib.contextmanager
-def fp32_matmul():
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+def strict_fp32():
+    """CUDA's TF32 off for matmuls and cuDNN convolutions (PyTorch turns it on for cuDNN by
+    default): an fp32 cell computes in FP32, and TF32 is not passed off as FP32."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

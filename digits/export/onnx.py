@@ -178,7 +178,8 @@ def gpu_provider(kind: str = "cuda", *, cuda_graph: bool = False, fp16: bool = F
     fp16 kernels from the fp32 model.
     """
     if kind == "cuda":
-        return "CUDAExecutionProvider", {"device_id": "0", "enable_cuda_graph": str(int(cuda_graph)),
+        # use_tf32=0: like the torch cells, an fp32 cell computes in FP32 (the provider's default is TF32)
+        return "CUDAExecutionProvider", {"device_id": "0", "enable_cuda_graph": str(int(cuda_graph)), "use_tf32": "0",
                                          "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"}
     if kind == "tensorrt":
         return "TensorrtExecutionProvider", {"device_id": "0", "trt_fp16_enable": str(int(fp16)),

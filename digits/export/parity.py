@@ -1,6 +1,7 @@
 """The one parity function: does a reloaded artifact compute what the eager model computes?
 
-Used by ``digits export``, ``digits verify``, the bench backends' tests and the test suite.
+Used by ``digits export``, ``digits verify``, every ``digits bench`` cell (against eager
+FP32 on the bench's device) and the test suite.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Parity:
 
 
 @torch.inference_mode()
-def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module, x: torch.Tensor,
+def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module | Callable, x: torch.Tensor,
                  y: torch.Tensor, chunk: int = 1000, precision: str = "fp32") -> Parity:
     """Run ``run`` and ``eager`` on the same inputs and compare logits and predictions.
 
@@ -42,9 +43,11 @@ def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module, 
     single batch; batches of 1, 7 and 64 are compared too, so a batch dimension that was
     specialised at export time fails here rather than in deployment. ``precision`` picks
     the thresholds: FP32 must match logits, a reduced precision must keep accuracy and
-    predictions (see :mod:`digits.precision`).
+    predictions (see :mod:`digits.precision`). ``eager`` may be a module or any callable
+    returning CPU logits, such as the bench's eager backend on a GPU.
     """
-    eager = eager.eval()
+    if isinstance(eager, nn.Module):
+        eager = eager.eval()
     ref = torch.cat([eager(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     got = torch.cat([run(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     diffs = [(got - ref).abs().max().item()]
