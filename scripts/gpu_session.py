@@ -24,14 +24,15 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA, WHEELS = ROOT / "data", ROOT / ".whl"
-# Runtime dependencies the device image lacks (the rest are there); versions as tested here.
-MISSING_THERE = ["fastapi==0.165.0", "starlette==1.10.0", "pydantic==2.14.4", "pydantic-core==2.50.5",
-                 "annotated-types==0.8.0", "annotated-doc==0.0.7", "typing-inspection==0.4.5",
-                 "uvicorn==0.54.0", "python-multipart==0.0.34"]
+# Runtime dependencies the device image lacks (the rest are there); pack pins the versions
+# installed here, the ones the suite passed with.
+MISSING_THERE = ["fastapi", "starlette", "pydantic", "pydantic-core", "annotated-types", "annotated-doc",
+                 "typing-inspection", "uvicorn", "python-multipart"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
 
@@ -47,9 +48,10 @@ def pack(_args) -> None:
         with open(_find(src, name), "rb") as f, gzip.GzipFile(dest / f"{name}.gz", "wb", mtime=0) as gz:
             shutil.copyfileobj(f, gz)
     write_manifest(dest, "gpu_session.py pack: gzipped copy of a verified MNIST")
+    pins = [f"{name}=={metadata.version(name)}" for name in MISSING_THERE]
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp",
-                    *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(WHEELS), *MISSING_THERE], check=True)
+                    *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(WHEELS), *pins], check=True)
     print(f"packed {dest} and {WHEELS}; carry data, .whl and artifacts")
 
 

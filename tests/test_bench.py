@@ -27,8 +27,13 @@ def gpu_provider_missing(backend: str) -> str | None:
     """Why an onnxruntime GPU backend cannot run here (its provider is not installed), else None."""
     import onnxruntime as ort
 
-    need = {"onnxruntime-cudagraph": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(backend)
-    if need is None or need in ort.get_available_providers():
+    from digits.export.onnx import gpu_provider
+
+    be = create_backend(backend)
+    if "cpu" in be.devices or not hasattr(be, "gpu_kind"):
+        return None
+    need = gpu_provider(be.gpu_kind)[0]
+    if need in ort.get_available_providers():
         return None
     return f"{backend} needs onnxruntime's {need}, not installed here"
 

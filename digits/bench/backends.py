@@ -245,27 +245,31 @@ class OnnxRuntime(Backend):
     # Spinning threads cut small-batch latency in a benchmark; a server sharing the cores
     # with its event loop turns it off (digits serve sets spinning = False).
     spinning = True
+    # On --device cuda: which provider (digits.export.onnx.gpu_provider) and its CUDA-graph option.
+    gpu_kind, cuda_graph = "cuda", False
 
     def _open(self, model, device, *, checkpoint, threads):
-        from digits.export.onnx import session_options
+        from digits.export.onnx import gpu_provider, session_options
 
+        provider = gpu_provider(self.gpu_kind, cuda_graph=self.cuda_graph, fp16=self.precision == "fp16")
         self.session = get_format("onnx").open(self.artifact, device, threads=threads, spinning=self.spinning,
-                                               provider=self._provider())
-        self.settings = session_options(self.session)
-
-    def _provider(self) -> tuple[str, dict] | None:
-        return None  # the device's default: CPU, or CUDA without a graph
+                                               provider=provider)  # ignored on the CPU
+        self.settings = session_options(self.session) | ({"cuda_graph": True} if self.cuda_graph else {})
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
+    @staticmethod
+    def _host(x: torch.Tensor):
+        check_input(x)
+        return x.detach().cpu().contiguous().numpy()
+
     def prepare(self, x: torch.Tensor):
         import onnxruntime as ort
 
-        check_input(x)
+        arr = self._host(x)
         binding = self.session.io_binding()
-        arr = x.detach().cpu().contiguous().numpy()
         if self.device == "cuda":
             value = ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0)
             binding.bind_ortvalue_input("input", value)
@@ -274,11 +278,11 @@ class OnnxRuntime(Backend):
             value = ort.OrtValue.ortvalue_from_numpy(arr)
             binding.bind_ortvalue_input("input", value)
             binding.bind_output("logits")
-        binding._keep = value  # the OrtValue must outlive the binding
+        binding._keep, binding._run_options = value, None  # the OrtValue must outlive the binding
         return binding
 
     def run(self, binding):
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, binding._run_options)
         if self.device == "cuda":
             binding.synchronize_outputs()  # the host clock stops when the logits are there
         return binding

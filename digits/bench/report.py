@@ -55,15 +55,19 @@ def to_csv(records: list[dict]) -> str:
     return buf.getvalue()
 
 
+def missed_parity(r: dict) -> bool:
+    """Whether the cell ran a parity check against eager FP32 on its device, and failed it."""
+    return bool(r.get("parity")) and not r["parity"]["passed"]
+
+
 def parity_mark(r: dict, yes: str = "pass", no: str = "FAIL") -> str:
-    """A cell's parity verdict against eager FP32 on its device ('' where none was run)."""
-    parity = r.get("parity")
-    return "" if not parity else (yes if parity["passed"] else no)
+    """A cell's parity verdict for a table or file ('' where none was run)."""
+    return "" if not r.get("parity") else (no if missed_parity(r) else yes)
 
 
 def trusted(r: dict) -> bool:
     """A cell that ran and did not fail parity: the only kind a verdict may name fastest."""
-    return r["error"] is None and (r.get("parity") or {}).get("passed", True)
+    return r["error"] is None and not missed_parity(r)
 
 
 def _fmt(v, spec: str) -> str:
@@ -177,7 +181,7 @@ def table(report: dict) -> Table:
             continue
         prec = r.get("precision", "fp32")
         style = "bold green" if (r["model"], r["batch_size"], r["backend"], prec) in best else None
-        acc = f"{r['accuracy']:.2%}" + (" [red]parity FAIL[/]" if parity_mark(r) == "FAIL" else "")
+        acc = f"{r['accuracy']:.2%}" + (" [red]parity FAIL[/]" if missed_parity(r) else "")
         t.add_row(r["model"], str(r["batch_size"]), r["backend"], prec, f"{r['p50_ms'] * 1e3:,.1f}",
                   f"{r['p99_ms'] * 1e3:,.1f}", f"{r['throughput']:,.0f}", _fmt(r["efficiency"], ".2f") or "-",
                   acc, style=style)
@@ -185,7 +189,7 @@ def table(report: dict) -> Table:
                  "eff: throughput x 2 x MACs / the fastest GEMM probe of the cell's precision")
     if any(r["error"] for r in report["records"]):
         t.caption += "; red: the cell failed, its reason is in the record's error field and on stderr"
-    if any(parity_mark(r) == "FAIL" for r in report["records"]):
+    if any(missed_parity(r) for r in report["records"]):
         t.caption += ("; parity FAIL: its logits miss the precision's parity thresholds against eager FP32 "
                       "on this device, so it is never named fastest")
     return t

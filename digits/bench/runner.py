@@ -21,7 +21,7 @@ from digits.bench.backends import Backend, create_backend, list_backends
 from digits.bench.timing import Timing, gflops, harness_overhead_ms, measure, strict_fp32
 from digits.checkpoint import now_iso
 from digits.export import runtime_versions
-from digits.export.parity import check_parity
+from digits.export.parity import check_parity, reference_logits
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models, model_info
 from digits.precision import cpu_features, native_precisions, resolve_precisions
@@ -224,7 +224,7 @@ def _sweep(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, on_record, sample
     cells = []  # (record, backend, prepared input)
     for model in cfg.models:
         info = model_info(model)
-        reference = _reference(model, cfg, threads)
+        reference = _reference(model, cfg, x, threads)
         for name, precision in swept:
             base = dict(model=model, backend=name, device=cfg.device, precision=precision, params=info.params,
                         macs_per_image=info.macs, threads=threads)
@@ -253,9 +253,8 @@ def _sweep(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, on_record, sample
         # down during the sweep moves numerator and denominator of `efficiency` together.
         for name, (call, _, cuda, _precision) in list(probes.items()):
             try:
-                with strict_fp32():
-                    t = measure(call, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds),
-                                min_time=0.0, cuda_events=cuda)
+                t = measure(call, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds),
+                            min_time=0.0, cuda_events=cuda)
             except Exception as e:  # noqa: BLE001 - a probe is a second opinion, never the main job
                 probe_errors[name] = _reason(e)
                 del probes[name]
@@ -297,22 +296,24 @@ def _sweep(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, on_record, sample
     return {"environment": env, "records": [asdict(r) for r in records]}
 
 
-def _reference(model: str, cfg: BenchConfig, threads: int) -> Backend | None:
-    """Eager FP32 on the bench's device: what every cell's logits are held to. None if even
-    that cannot load; the cells then say why themselves, and carry no parity."""
+def _reference(model: str, cfg: BenchConfig, x: torch.Tensor, threads: int) -> torch.Tensor | None:
+    """Eager FP32's logits on the bench's device, computed once per model: what every cell is
+    held to. None if even eager cannot load; the cells then say why themselves, and carry no
+    parity."""
     try:
-        return create_backend("eager").load(model, cfg.device, checkpoint=Path(cfg.checkpoint), threads=threads)
+        eager = create_backend("eager").load(model, cfg.device, checkpoint=Path(cfg.checkpoint), threads=threads)
     except Exception:  # noqa: BLE001
         return None
+    return reference_logits(eager, x)
 
 
-def _parity(backend: Backend, reference: Backend | None, x, y, precision: str) -> dict | None:
+def _parity(backend: Backend, reference: torch.Tensor | None, x, y, precision: str) -> dict | None:
     """The one parity check (digits.export.parity) of this cell against eager FP32 on the same
     device: every batch shape the check runs, the thresholds of the cell's precision."""
     if reference is None:
         return None
     p = check_parity(backend, reference, x, y, precision=precision).to_dict()
-    return {**p, "reference": f"eager fp32 on {reference.device}"}
+    return {**p, "reference": f"eager fp32 on {backend.device}"}
 
 
 def sample_key(rec: Record) -> str:

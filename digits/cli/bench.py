@@ -47,7 +47,7 @@ def bench(
     as_json: JsonFlag = False,
 ):
     """Measure accuracy, latency and throughput for models x backends x batch sizes."""
-    from digits.bench.report import cell_label, parity_mark, write_report, write_samples
+    from digits.bench.report import cell_label, missed_parity, write_report, write_samples
     from digits.bench.report import table as bench_table
     from digits.bench.runner import UNSTABLE_SPREAD, BenchConfig, default_backends, pairs, run_bench
     from digits.train import resolve_device
@@ -89,7 +89,7 @@ def bench(
         by_reason.setdefault((e["model"], f"{e['backend']} {e['precision']}", e["error"]), []).append(e["batch_size"])
     for (model, backend, reason), batches in by_reason.items():
         log(f"{model}/{backend} failed at batch {','.join(map(str, batches))}: {reason}")
-    missed = {(r["model"], cell_label(r)): r["parity"] for r in report["records"] if parity_mark(r) == "FAIL"}
+    missed = {(r["model"], cell_label(r)): r["parity"] for r in report["records"] if missed_parity(r)}
     for (model, label), p in missed.items():  # measured, kept in the files, but never named fastest
         log(f"Warning: {model}/{label} misses parity against {p['reference']} (max_abs_diff {p['max_abs_diff']:.1e}, "
             f"agreement {p['argmax_agreement']:.2%}, accuracy {p['accuracy']:.2%} vs {p['eager_accuracy']:.2%}).")

@@ -35,7 +35,7 @@ class Parity:
 
 
 @torch.inference_mode()
-def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module | Callable, x: torch.Tensor,
+def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module | Callable | torch.Tensor, x: torch.Tensor,
                  y: torch.Tensor, chunk: int = 1000, precision: str = "fp32") -> Parity:
     """Run ``run`` and ``eager`` on the same inputs and compare logits and predictions.
 
@@ -43,12 +43,11 @@ def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module |
     single batch; batches of 1, 7 and 64 are compared too, so a batch dimension that was
     specialised at export time fails here rather than in deployment. ``precision`` picks
     the thresholds: FP32 must match logits, a reduced precision must keep accuracy and
-    predictions (see :mod:`digits.precision`). ``eager`` may be a module or any callable
-    returning CPU logits, such as the bench's eager backend on a GPU.
+    predictions (see :mod:`digits.precision`). ``eager`` may be a module, or the reference
+    logits for ``x`` already computed (:func:`reference_logits`), as the bench does once per
+    model for all its cells.
     """
-    if isinstance(eager, nn.Module):
-        eager = eager.eval()
-    ref = torch.cat([eager(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    ref = eager if isinstance(eager, torch.Tensor) else reference_logits(eager, x, chunk)
     got = torch.cat([run(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     diffs = [(got - ref).abs().max().item()]
     whole = run(x)
@@ -64,3 +63,12 @@ def check_parity(run: Callable[[torch.Tensor], torch.Tensor], eager: nn.Module |
                    eager_accuracy=(ref_pred == y).sum().item() / len(x))
     return Parity(**figures, batch_sizes=sorted(set(sizes)), images=len(x), passed=passes(precision, **figures),
                   precision=precision, thresholds=thresholds(precision))
+
+
+@torch.inference_mode()
+def reference_logits(eager: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                     chunk: int = 1000) -> torch.Tensor:
+    """``eager``'s logits for ``x`` in chunks: what :func:`check_parity` compares against."""
+    if isinstance(eager, nn.Module):
+        eager = eager.eval()
+    return torch.cat([eager(x[i:i + chunk]) for i in range(0, len(x), chunk)])
