@@ -16,3 +16,8 @@ class DigitsError(Exception):
 class UsageError(DigitsError):
     def __init__(self, message: str):
         super().__init__(message, exit_code=2)
+
+
+class RuntimeMissing(DigitsError):
+    """An optional runtime (OpenVINO, onnxruntime-gpu's providers) is not installed here: a
+    bench cell that needs it is listed as missing, and only ``--strict`` fails the run for it."""

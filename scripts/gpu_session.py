@@ -7,6 +7,7 @@ where pip and MNIST are) prepares what travels:
     python3 scripts/gpu_session.py test   # the whole suite there, CUDA tests included
     python3 scripts/gpu_session.py train  # lenet5 --recipe fast on CUDA, graph on and off, 3 seeds
     python3 scripts/gpu_session.py bench  # export all (fp32, fp16, bf16), then digits bench --device cuda
+    python3 scripts/gpu_session.py profile  # scripts/gpu_profile.py: wall time against kernel time
 
 Each device stage writes under ``$OUT`` (what the device tool brings back): ``test`` its
 log, ``train`` train-cuda-<date>.json, ``bench`` the bench files. The checkpoints are the
@@ -32,7 +33,7 @@ DATA, WHEELS = ROOT / "data", ROOT / ".whl"
 # Runtime dependencies the device image lacks (the rest are there); pack pins the versions
 # installed here, the ones the suite passed with.
 MISSING_THERE = ["fastapi", "starlette", "pydantic", "pydantic-core", "annotated-types", "annotated-doc",
-                 "typing-inspection", "uvicorn", "python-multipart"]
+                 "typing-inspection", "uvicorn", "python-multipart", "opentelemetry-api"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
 
@@ -99,10 +100,14 @@ def train(args) -> None:
             print(runs[-1])
     import torch
 
+    sys.path.insert(0, str(ROOT))
+    from digits.bench.environment import cpu_name, gpu_facts
+
+    env = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, **gpu_facts(args.device == "cuda"),
+           "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()}
     path = _out() / f"train-{args.device}-{dt.date.today().isoformat()}.json"
     path.write_text(json.dumps({"command": f"digits train lenet5 --recipe fast --device {args.device} [--no-cuda-graph]",
-                                "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                                "torch": torch.__version__, "runs": runs}, indent=2))
+                                "environment": env, "runs": runs}, indent=2))
 
 
 def bench(args) -> None:
@@ -114,6 +119,11 @@ def bench(args) -> None:
     print(done.stdout)
 
 
+def profile(_args) -> None:
+    subprocess.run([sys.executable, str(ROOT / "scripts/gpu_profile.py"), "--data", str(DATA), "--out", str(_out())],
+                   env=_env(), cwd=ROOT, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -122,6 +132,7 @@ def main() -> None:
     sub.add_parser("train").add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     sub.choices["train"].set_defaults(run=train)
     sub.add_parser("bench").set_defaults(run=bench)
+    sub.add_parser("profile").set_defaults(run=profile)
     for stage in ("train", "bench"):  # --device cpu: a dry run of the stage's plumbing anywhere
         sub.choices[stage].add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()

@@ -190,3 +190,22 @@ def test_onnxruntime_limits_find_an_older_runtimes_boundary(monkeypatch):
             raise DigitsError("The model is not a loadable ONNX model (Unsupported model IR version).")
     monkeypatch.setattr(fmt, "make_session", fake_session)
     assert fmt.onnxruntime_limits.__wrapped__() == {"max_ir_version": 10, "max_opset": 21}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_reduced_precision_pt2_runs_on_another_device(tmp_path, precision):
+    """A program exported on the CPU records the input's device where it casts (x.to(dtype)):
+    opened for another device it must be re-targeted, or every call fails (first seen on an
+    H200: 'Tensor device mismatch! Expected: cpu, Got: cuda:0'). The meta device stands in
+    for the GPU here; it skips the device assertion when run, so the graph itself is read."""
+    from digits.export.pt2 import Pt2
+    from digits.models import create_model
+    from digits.precision import at_precision
+
+    path = tmp_path / "model.pt2"
+    Pt2().export(at_precision(create_model("lenet5").eval(), precision), path)
+    module = Pt2().open(path, "meta")
+    devices = {torch.device(n.kwargs["device"]).type for n in module.graph.nodes if n.kwargs.get("device") is not None}
+    assert devices == {"meta"}  # the cast's device assertion was re-targeted (before the fix: {"cpu"})
+    out = module(torch.zeros(3, 1, 28, 28, device="meta"))
+    assert out.shape == (3, 10) and out.device.type == "meta" and out.dtype == torch.float32

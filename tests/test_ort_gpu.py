@@ -66,6 +66,7 @@ def _runs_here(backend: str) -> bool:
     return torch.cuda.is_available() and NEEDS[backend] in ort.get_available_providers()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not _runs_here("onnxruntime-cudagraph"), reason="needs onnxruntime-gpu and a GPU")
 def test_ort_cuda_graph_replays_new_inputs(exported, trained, test_set):
     b = create_backend("onnxruntime-cudagraph").load("lenet5", "cuda", checkpoint=trained, artifacts=trained)
@@ -80,6 +81,7 @@ def test_ort_cuda_graph_replays_new_inputs(exported, trained, test_set):
     assert b.settings["provider_options"]["enable_cuda_graph"] == "1"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not _runs_here("tensorrt"), reason="needs onnxruntime-gpu with TensorRT and a GPU")
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-3), ("fp16", 5e-2)])
 def test_tensorrt_matches_eager(exported, trained, test_set, precision, atol):
@@ -91,6 +93,7 @@ def test_tensorrt_matches_eager(exported, trained, test_set, precision, atol):
     assert b.provider == "TensorrtExecutionProvider"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_sweep_records_missing_providers_as_errors(exported, trained, test_set):
     cfg = BenchConfig(models=["lenet5"], backends=GPU_BACKENDS, device="cuda", batch_sizes=[8],

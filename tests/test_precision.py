@@ -206,7 +206,7 @@ def test_a_precision_without_an_artifact_is_an_error_cell(exported, trained, tes
 def test_onnxruntime_int8_probe_multiplies_integers():
     import numpy as np
 
-    call, flops, _ = onnxruntime_matmul_probe(threads=1, n=32, int8=True)
+    call, flops = onnxruntime_matmul_probe(threads=1, n=32, int8=True)
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (32, 32), dtype=np.uint8)
     b = rng.integers(-127, 127, (32, 32), dtype=np.int8)

@@ -102,6 +102,7 @@ def test_cuda_request_without_cuda_is_an_error(monkeypatch, splits, tmp_path):
         train(resolve_config("mlp", "fast", device="cuda", **{k: v for k, v in QUICK.items()}), splits, tmp_path)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_learns(splits, tmp_path):
     result = train(resolve_config("lenet5", "fast", device="cuda", lr=3e-3, **QUICK), splits, tmp_path)
@@ -181,6 +182,7 @@ def test_batch_sizes_of_an_epoch():
     assert batch_sizes(100, 256) == [100]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("graph", [True, False])
 def test_cuda_training_with_and_without_the_graph(graph, splits, tmp_path):
@@ -191,8 +193,10 @@ def test_cuda_training_with_and_without_the_graph(graph, splits, tmp_path):
     assert manifest["cuda_graph"] is graph and manifest["setup_seconds"] > 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_captured_step_equals_its_eager_body(splits):
+    from digits.bench.timing import strict_fp32
     from digits.models import create_model
     from digits.train_step import StaticStep
 
@@ -204,9 +208,10 @@ def test_captured_step_equals_its_eager_body(splits):
              for c in (True, False)]
     results = []
     for step in steps:
-        step.warm_up()
-        loss = step(idx, theta).clone()
-        torch.cuda.synchronize()
+        with strict_fp32():  # the same FP32 arithmetic both ways, whatever the user's TF32 settings
+            step.warm_up()
+            loss = step(idx, theta).clone()
+            torch.cuda.synchronize()
         results.append((loss, [p.grad.clone() for p in model.parameters()]))
     (la, ga), (lb, gb) = results
     torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)

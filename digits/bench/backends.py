@@ -15,7 +15,7 @@ import torch
 
 from digits.checkpoint import WEIGHTS, checkpoint_dir, load_checkpoint
 from digits.data import check_input
-from digits.errors import DigitsError, UsageError
+from digits.errors import DigitsError, RuntimeMissing, UsageError
 from digits.export import artifact_name, checked_path, get_format
 from digits.precision import at_precision, check_precision
 
@@ -40,7 +40,6 @@ def create_backend(name: str) -> Backend:
 class Backend:
     name = ""
     format: str | None = None  # the export format it runs, None for the checkpoint itself
-    cuda_events = True  # False: run() blocks until done, so the host clock is exact
     default = True  # part of the default sweep
     devices: tuple[str, ...] = ("cpu", "cuda")
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")  # what it can run (digits.precision)
@@ -66,7 +65,7 @@ class Backend:
         if device not in self.devices:
             raise DigitsError(f"{self.name} runs on {', '.join(self.devices)} only: use --device {self.devices[0]}.")
         if (missing := self.available()) is not None:
-            raise DigitsError(missing)
+            raise RuntimeMissing(missing)
         if self.format is None:
             self.artifact = checkpoint_dir(checkpoint, model) / WEIGHTS
         else:
@@ -192,8 +191,8 @@ class CudaGraph(Backend):
     A separate backend rather than a bench option, so that its cells sit beside eager's in
     every table and the gain is read off directly. Capture follows PyTorch's recipe: warm-up
     on a side stream, then ``torch.cuda.graph`` on a static input buffer. ``prepare`` copies
-    the batch into that buffer (not timed); ``run`` is ``graph.replay()``, timed with CUDA
-    events like every CUDA cell.
+    the batch into that buffer (not timed); ``run`` is ``graph.replay()``, timed the same
+    way as every cell (digits.bench.timing).
     """
 
     name = "cudagraph"
@@ -209,17 +208,20 @@ class CudaGraph(Backend):
             static_in = torch.zeros(batch, 1, 28, 28, device=self.device)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
+            with torch.cuda.stream(side):
                 for _ in range(self.settings["warmup_iters"]):  # lazy init and autotuning off the graph
                     self.module(static_in)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.cuda.graph(graph):
+            with torch.cuda.graph(graph):
                 static_out = self.module(static_in)
             self.graphs[batch] = (graph, static_in, static_out)
         return self.graphs[batch]
 
+    @torch.inference_mode()
     def prepare(self, x: torch.Tensor):
+        # Always under inference_mode: a graph first built inside it (the parity check runs
+        # there) owns inference tensors, which may only be written inside it.
         check_input(x)
         graph, static_in, static_out = self._graph(len(x))
         static_in.copy_(x.to(self.device))
@@ -240,7 +242,6 @@ class OnnxRuntime(Backend):
 
     name = "onnxruntime"
     format = "onnx"
-    cuda_events = False  # run_with_iobinding returns once outputs are ready
     precisions = ("fp32", "int8")  # its CPU provider has no bf16 convolutions; int8 is model.int8.onnx
     # Spinning threads cut small-batch latency in a benchmark; a server sharing the cores
     # with its event loop turns it off (digits serve sets spinning = False).

@@ -68,7 +68,6 @@ def check_runtime_precision(compiled, precision: str, what: str) -> dict[str, in
 class OpenVino(Backend):
     name = "openvino"
     format = "onnx"
-    cuda_events = False  # infer() returns when the outputs are ready
     precisions = ("fp32", "bf16", "fp16", "int8")
     devices = ("cpu",)
     artifact_precisions = ("fp32", "int8")  # bf16/fp16 are a hint on the FP32 file

@@ -2,19 +2,50 @@
 
 ``efficiency`` divides a cell's arithmetic rate by the fastest probe *of its precision*,
 so a bf16 or int8 cell is set against what bf16 or int8 hardware did here, never against
-the slower FP32 peak (which would flatter it). Each maker returns ``(call, flops,
-cuda_events)``; one that cannot be built raises, and the runner records why.
+the slower FP32 peak (which would flatter it). Each maker returns ``(call,
+flops)``; one that cannot be built raises, and the runner records why. A probe is timed
+as a cell is (:func:`digits.bench.timing.measure`), and its rate comes from its
+throughput phase.
+
+Every probe is sized by time, not by a fixed n: :func:`sized` doubles n until one call
+takes ``TARGET_CALL_S``. A fixed 2048x2048 fp16 ``torch.mm`` ran at 2.5 GFLOP/s on an AMD
+EPYC without AVX512-FP16 (6-7 s a call), which made one bench, and the suite, sit for
+many minutes; the runner caps what each probe may spend in all (``PROBE_BUDGET_S``).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import time
+
 import numpy as np
+import torch
 
 from digits.bench.timing import matmul_probe
 
-Probe = tuple[Callable[[], object], int, bool]
+Probe = tuple[Callable[[], object], int]
+
+TARGET_CALL_S = 0.01  # one call this long is past launch and cache effects, yet cheap
+PROBE_BUDGET_S = 1.0  # what one probe may spend on timed calls over all rounds (runner)
+N_RANGE = {"cpu": (128, 2048), "cuda": (1024, 8192)}  # a GPU needs large n to reach its peak
+
+
+def sized(build: Callable[[int], Probe], device: str = "cpu", target_s: float = TARGET_CALL_S) -> Probe:
+    """``build(n)`` for the smallest power-of-two n whose call takes ``target_s`` (or the
+    device's largest n). Each size is called twice: the first call pays one-off set-up."""
+    n, n_max = N_RANGE[device]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    while True:
+        probe = build(n)
+        probe[0]()
+        sync()
+        t0 = time.perf_counter()
+        probe[0]()
+        sync()
+        if time.perf_counter() - t0 >= target_s or n >= n_max:
+            return probe
+        n *= 2
 
 
 def onnxruntime_matmul_probe(threads: int, n: int = 2048, int8: bool = False) -> Probe:
@@ -41,7 +72,7 @@ def onnxruntime_matmul_probe(threads: int, n: int = 2048, int8: bool = False) ->
         feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in "ab"}
     graph = helper.make_graph([node], "matmul", io[:2], io[2:])
     session = make_session(make_model(graph).SerializeToString(), "cpu", threads=threads)
-    return (lambda: session.run(None, feeds)), 2 * n ** 3, False
+    return (lambda: session.run(None, feeds)), 2 * n ** 3
 
 
 def openvino_matmul_probe(threads: int, precision: str, n: int = 2048) -> Probe:
@@ -71,20 +102,24 @@ def openvino_matmul_probe(threads: int, precision: str, n: int = 2048) -> Probe:
     x = np.abs(rng.standard_normal((n, n), dtype=np.float32))
     request.set_input_tensor(ov.Tensor(x, shared_memory=True))
     request._digits_keep = x  # the shared buffer must outlive the request
-    return request.infer, 2 * n ** 3, False
+    return request.infer, 2 * n ** 3
 
 
 def gemm_probes(device: str, threads: int, precisions: list[str], backends: list[str]) -> dict[str, tuple[str, Callable]]:
-    """``{name: (precision, maker)}`` for every probe worth running for this sweep."""
-    makers: dict[str, tuple[str, Callable]] = {"torch.mm": ("fp32", lambda: matmul_probe(device))}
-    for p in ("bf16", "fp16"):
+    """``{name: (precision, maker)}`` for every probe worth running for this sweep: only the
+    ``precisions`` its cells run, each probe sized by time (:func:`sized`)."""
+    makers: dict[str, tuple[str, Callable]] = {}
+    for p in ("fp32", "bf16", "fp16"):
         if p in precisions:
-            makers[f"torch.mm {p}"] = (p, lambda p=p: matmul_probe(device, dtype=p))
+            makers["torch.mm" + ("" if p == "fp32" else f" {p}")] = (
+                p, lambda p=p: sized(lambda n: matmul_probe(device, n=n, dtype=p), device))
     if device == "cpu":
-        makers["onnxruntime MatMul"] = ("fp32", lambda: onnxruntime_matmul_probe(threads))
+        if "fp32" in precisions:
+            makers["onnxruntime MatMul"] = ("fp32", lambda: sized(lambda n: onnxruntime_matmul_probe(threads, n=n)))
         if "int8" in precisions:
-            makers["onnxruntime MatMulInteger"] = ("int8", lambda: onnxruntime_matmul_probe(threads, int8=True))
+            makers["onnxruntime MatMulInteger"] = (
+                "int8", lambda: sized(lambda n: onnxruntime_matmul_probe(threads, n=n, int8=True)))
         if "openvino" in backends:
             for p in precisions:
-                makers[f"openvino MatMul {p}"] = (p, lambda p=p: openvino_matmul_probe(threads, p))
+                makers[f"openvino MatMul {p}"] = (p, lambda p=p: sized(lambda n: openvino_matmul_probe(threads, p, n=n)))
     return makers

@@ -18,7 +18,8 @@ from digits._io import atomic_path, atomic_write, atomic_write_json
 
 COLUMNS = ["model", "backend", "precision", "device", "batch_size", "params", "macs_per_image", "artifact_bytes",
            "first_call_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "iterations", "throughput",
-           "accuracy", "parity_passed", "efficiency", "threads", "provider", "error"]
+           "throughput_calls", "throughput_seconds", "accuracy", "parity_passed", "efficiency", "threads", "provider",
+           "untrusted", "error", "missing"]
 
 
 def stem(report: dict) -> str:
@@ -56,18 +57,21 @@ def to_csv(records: list[dict]) -> str:
 
 
 def missed_parity(r: dict) -> bool:
-    """Whether the cell ran a parity check against eager FP32 on its device, and failed it."""
-    return bool(r.get("parity")) and not r["parity"]["passed"]
+    """Whether a parity check of the cell against eager FP32 on its device failed: its
+    backend x precision on the full test set, or its own timed output."""
+    return any(p and not p["passed"] for p in (r.get("parity"), r.get("cell_parity")))
 
 
 def parity_mark(r: dict, yes: str = "pass", no: str = "FAIL") -> str:
     """A cell's parity verdict for a table or file ('' where none was run)."""
-    return "" if not r.get("parity") else (no if missed_parity(r) else yes)
+    return no if missed_parity(r) else ("" if r.get("untrusted") or not r.get("parity") else yes)
 
 
 def trusted(r: dict) -> bool:
-    """A cell that ran and did not fail parity: the only kind a verdict may name fastest."""
-    return r["error"] is None and not missed_parity(r)
+    """A cell that ran and passed parity: the only kind a verdict may name fastest. Reports
+    from before per-cell parity (no ``cell_parity`` key) are judged on the backend's check."""
+    checked = r.get("parity") and (r.get("cell_parity") or "cell_parity" not in r)
+    return r["error"] is None and not r.get("untrusted") and bool(checked) and not missed_parity(r)
 
 
 def _fmt(v, spec: str) -> str:
@@ -112,7 +116,7 @@ def features(env: dict) -> str:
 
 
 def fastest(records: list[dict]) -> set[tuple]:
-    """(model, batch_size, backend, precision) of the lowest p50 per model and batch size."""
+    """(model, batch_size, backend, precision) of the lowest p50 per model and batch size, among trusted cells."""
     best: dict[tuple, dict] = {}
     for r in records:
         if trusted(r):
@@ -181,17 +185,21 @@ def table(report: dict) -> Table:
             continue
         prec = r.get("precision", "fp32")
         style = "bold green" if (r["model"], r["batch_size"], r["backend"], prec) in best else None
-        acc = f"{r['accuracy']:.2%}" + (" [red]parity FAIL[/]" if missed_parity(r) else "")
+        acc = f"{r['accuracy']:.2%}" + (" [red]parity FAIL[/]" if missed_parity(r) else
+                                          " [yellow]untrusted[/]" if not trusted(r) else "")
         t.add_row(r["model"], str(r["batch_size"]), r["backend"], prec, f"{r['p50_ms'] * 1e3:,.1f}",
                   f"{r['p99_ms'] * 1e3:,.1f}", f"{r['throughput']:,.0f}", _fmt(r["efficiency"], ".2f") or "-",
                   acc, style=style)
     t.caption = ("bold green: fastest backend+precision for that model and batch size (lowest p50); "
-                 "eff: throughput x 2 x MACs / the fastest GEMM probe of the cell's precision")
+                 "p50/p99: one call + device sync; img/s: back-to-back calls over wall time; "
+                 "eff: img/s x 2 x MACs / the fastest GEMM probe of the cell's precision")
     if any(r["error"] for r in report["records"]):
         t.caption += "; red: the cell failed, its reason is in the record's error field and on stderr"
     if any(missed_parity(r) for r in report["records"]):
         t.caption += ("; parity FAIL: its logits miss the precision's parity thresholds against eager FP32 "
                       "on this device, so it is never named fastest")
+    if any(r["error"] is None and not missed_parity(r) and not trusted(r) for r in report["records"]):
+        t.caption += "; untrusted: no parity verdict (the record's untrusted field says why), never named fastest"
     return t
 
 

@@ -1,14 +1,14 @@
 """The benchmark sweep: models x backends x batch sizes on one device, one record per cell.
 
 A cell that fails records its error and the sweep goes on (timm's habit). Accuracy is
-measured through every backend on the full test set, and throughput is set against the
-machine's own FP32 matmul peak, measured in the same run.
+measured through every backend on the full test set, every timed cell's own output is
+held to eager FP32 (digits.bench.trust), and throughput is set against the machine's own
+matmul peak of the cell's precision, measured in the same run and the same way.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,14 +17,13 @@ from typing import Callable
 import torch
 
 from digits.bench import probes as _probes
+from digits.bench import trust
 from digits.bench.backends import Backend, create_backend, list_backends
-from digits.bench.timing import Timing, gflops, harness_overhead_ms, measure, strict_fp32
-from digits.checkpoint import now_iso
-from digits.export import runtime_versions
-from digits.export.parity import check_parity, reference_logits
-from digits.errors import DigitsError, UsageError
+from digits.bench.environment import cpu_name, environment, reason  # noqa: F401  (cpu_name: the scripts' import)
+from digits.bench.timing import Timing, gflops, measure, strict_fp32
+from digits.errors import DigitsError, RuntimeMissing, UsageError
 from digits.models import list_models, model_info
-from digits.precision import cpu_features, native_precisions, resolve_precisions
+from digits.precision import resolve_precisions
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128, 256)
 
@@ -112,15 +111,20 @@ class Record:
     p99_ms: float | None = None
     std_ms: float | None = None
     iterations: int | None = None
-    throughput: float | None = None  # images per second, from p50
+    throughput: float | None = None  # images per second: throughput_calls x batch / throughput_seconds
+    throughput_calls: int | None = None  # back-to-back calls of the throughput phase, all rounds ...
+    throughput_seconds: float | None = None  # ... and their wall time, one device sync at the end
     accuracy: float | None = None  # full test set through this backend
     efficiency: float | None = None  # throughput x 2 x MACs / fastest GEMM of this precision (FLOP/s)
     threads: int | None = None
     provider: str | None = None
     settings: dict = field(default_factory=dict)
     round_p50_ms: list[float] = field(default_factory=list)  # p50 of each interleaved round
-    parity: dict | None = None  # against eager FP32 on the same device (digits.export.parity)
+    parity: dict | None = None  # backend x precision on the full test set, against eager FP32 on the same device
+    cell_parity: dict | None = None  # this cell's own timed output against eager FP32 on the same images
+    untrusted: str | None = None  # why the cell has no parity verdict (it is then never named fastest)
     error: str | None = None
+    missing: bool = False  # the error is an optional runtime that is not installed
 
 
 def efficiency(throughput: float, macs_per_image: int, peak_gflops_: float) -> float:
@@ -141,56 +145,6 @@ def round_spread(records: list[Record]) -> float | None:
     spreads = [max(r.round_p50_ms) / min(r.round_p50_ms) - 1 for r in records
                if not r.error and len(r.round_p50_ms) > 1]
     return statistics.median(spreads) if spreads else None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(cfg: BenchConfig) -> dict:
-    cuda = cfg.device == "cuda"
-    errors: dict[str, str] = {}
-    try:  # a runtime's version query is a second opinion too: never the reason a sweep dies
-        versions = runtime_versions()
-    except Exception as e:  # noqa: BLE001
-        versions, errors["runtime_versions"] = {}, _reason(e)
-    return {
-        "date": now_iso(),
-        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-        "device": cfg.device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
-        **versions, **_openvino_version(), **_gpu_facts(cuda),
-        "cpu_features": cpu_features(),  # the flags that decide which precisions are native
-        "native_precisions": native_precisions(cfg.device),
-        "precisions": cfg.resolved_precisions(),
-        "left_out": [],  # backend/precision pairs with no path, not swept
-        "peak_gflops": None,  # fastest FP32 GEMM probe; filled by run_bench from probes interleaved with the cells
-        "peak_gflops_by_precision": None,  # precision -> fastest probe of that precision: what efficiency divides by
-        "gemm_gflops": None,  # every GEMM probe's rate (int8: GOP/s)
-        "gemm_precision": None,  # probe name -> its precision
-        "probe_errors": errors,  # probe (or version query) -> why it failed (the sweep goes on without it)
-        "round_spread": None,  # how much the machine's speed moved between rounds
-        "harness_overhead_ms": harness_overhead_ms(cuda_events=cuda),
-        "tf32": False,  # the sweep runs inside strict_fp32(): fp32 cells are FP32 on CUDA too
-        "config": asdict(cfg),
-    }
-
-
-def _gpu_facts(cuda: bool) -> dict:
-    """onnxruntime's providers (which wheel is installed), and on CUDA the GPU's particulars."""
-    import onnxruntime as ort
-
-    facts = {"onnxruntime_providers": ort.get_available_providers()}
-    if cuda:
-        props = torch.cuda.get_device_properties(0)
-        facts.update(cuda_version=torch.version.cuda, cudnn_version=torch.backends.cudnn.version(),
-                     gpu_capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / 2**30, 1))
-    return facts
 
 
 @torch.inference_mode()
@@ -221,73 +175,73 @@ def _sweep(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, on_record, sample
     env = environment(cfg)
     swept, env["left_out"] = pairs(cfg)
     records: list[Record] = []
-    cells = []  # (record, backend, prepared input)
+    cells = []  # (record, backend, prepared input, eager FP32 logits for that input)
     for model in cfg.models:
         info = model_info(model)
-        reference = _reference(model, cfg, x, threads)
+        ref, no_ref = trust.reference(model, cfg.device, cfg.checkpoint, x, threads)
         for name, precision in swept:
             base = dict(model=model, backend=name, device=cfg.device, precision=precision, params=info.params,
-                        macs_per_image=info.macs, threads=threads)
+                        macs_per_image=info.macs, threads=threads, untrusted=no_ref)
             try:
                 backend = create_backend(name).load(model, cfg.device, checkpoint=Path(cfg.checkpoint),
                                                     artifacts=Path(cfg.artifacts), threads=threads,
                                                     precision=precision)
-                parity = _parity(backend, reference, x, y, precision)
+                parity = None if ref is None else trust.backend_parity(backend, ref, x, y, precision)
                 acc = parity["accuracy"] if parity else accuracy(backend, x, y)
             except Exception as e:  # noqa: BLE001 - a failing cell is data, the sweep goes on
-                records += [Record(**base, batch_size=b, error=_reason(e)) for b in cfg.batch_sizes]
+                records += [Record(**base, batch_size=b, error=reason(e),
+                                   missing=isinstance(e, RuntimeMissing)) for b in cfg.batch_sizes]
                 continue
             for b in cfg.batch_sizes:
                 rec = Record(**base, batch_size=b, artifact_bytes=backend.artifact.stat().st_size,
                              accuracy=acc, provider=backend.provider, settings=backend.settings, parity=parity)
                 records.append(rec)
                 try:
-                    cells.append((rec, backend, backend.prepare(_batch(x, b))))
+                    cells.append((rec, backend, backend.prepare(_batch(x, b)), None if ref is None else _batch(ref, b)))
                 except Exception as e:  # noqa: BLE001
-                    rec.error = _reason(e)
+                    rec.error = reason(e)
     timings: dict[int, Timing] = {}
-    probes, probe_errors = _gemm_probes(cfg, threads)
+    # Probe only the precisions of cells that loaded: a probe no efficiency divides by is waste.
+    probes, probe_errors = _gemm_probes(cfg, threads, sorted({rec.precision for rec, *_ in cells}))
     gemm: dict[str, Timing] = {}
     for round_ in range(cfg.rounds):
         # The matmul peak is probed in every round too, so a machine that speeds up or slows
         # down during the sweep moves numerator and denominator of `efficiency` together.
-        for name, (call, _, cuda, _precision) in list(probes.items()):
+        for name, (call, _, _precision) in list(probes.items()):
             try:
-                t = measure(call, warmup=2 if round_ == 0 else 1, min_iters=-(-15 // cfg.rounds),
-                            min_time=0.0, cuda_events=cuda)
+                t = measure(call, device=cfg.device, warmup=2 if round_ == 0 else 1, min_iters=-(-8 // cfg.rounds),
+                            min_time=0.0, max_time=_probes.PROBE_BUDGET_S / cfg.rounds)
             except Exception as e:  # noqa: BLE001 - a probe is a second opinion, never the main job
-                probe_errors[name] = _reason(e)
+                probe_errors[name] = reason(e)
                 del probes[name]
                 gemm.pop(name, None)
                 continue
             gemm[name] = gemm[name].extend(t) if name in gemm else t
-        for rec, backend, prepared in cells:
+        for rec, backend, prepared, _ in cells:
             if rec.error:
                 continue
             try:
-                t = measure(lambda run=backend.run, p=prepared: run(p), warmup=cfg.warmup,
-                            min_iters=-(-cfg.min_iters // cfg.rounds), min_time=cfg.min_time / cfg.rounds,
-                            cuda_events=cfg.device == "cuda" and backend.cuda_events)
+                t = measure(lambda run=backend.run, p=prepared: run(p), device=cfg.device, warmup=cfg.warmup,
+                            min_iters=-(-cfg.min_iters // cfg.rounds), min_time=cfg.min_time / cfg.rounds)
             except Exception as e:  # noqa: BLE001
-                rec.error = _reason(e)
+                rec.error = reason(e)
                 continue
             timings[id(rec)] = timings[id(rec)].extend(t) if round_ else t
             rec.round_p50_ms.append(t.stats.p50_ms)
-    env["gemm_gflops"] = {name: gflops(probes[name][1], t) for name, t in gemm.items()}
-    env["gemm_precision"] = {name: probes[name][3] for name in gemm}
-    env["probe_errors"].update(probe_errors)
+    for rec, backend, _, ref_batch in cells:
+        if (t := timings.get(id(rec))) and not rec.error and ref_batch is not None:
+            try:  # the last timed call's own output, against eager FP32 on the same images
+                rec.cell_parity = trust.cell_parity(backend, t.output, ref_batch, rec.precision)
+            except Exception as e:  # noqa: BLE001
+                rec.untrusted = f"cell parity could not be checked ({reason(e)})"
+    _peaks(env, probes, gemm, probe_errors)
     env["round_spread"] = round_spread(records)
-    peaks: dict[str, float] = {}
-    for name, rate in env["gemm_gflops"].items():
-        p = env["gemm_precision"][name]
-        peaks[p] = max(peaks.get(p, 0.0), rate)
-    env["peak_gflops_by_precision"] = peaks
-    env["peak_gflops"] = peaks.get("fp32")  # None if every FP32 probe failed: no FP32 efficiency
+    peaks = env["peak_gflops_by_precision"]
     for rec in records:
         if (t := timings.get(id(rec))) and not rec.error:
             for k, v in t.to_dict().items():
                 setattr(rec, k, v)
-            rec.throughput = rec.batch_size / (rec.p50_ms / 1e3)
+            rec.throughput = rec.batch_size * t.calls_per_second()
             if peaks.get(rec.precision):  # no probe of this precision: no efficiency, never a made-up one
                 rec.efficiency = efficiency(rec.throughput, rec.macs_per_image, peaks[rec.precision])
             if samples is not None:
@@ -296,52 +250,35 @@ def _sweep(cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, on_record, sample
     return {"environment": env, "records": [asdict(r) for r in records]}
 
 
-def _reference(model: str, cfg: BenchConfig, x: torch.Tensor, threads: int) -> torch.Tensor | None:
-    """Eager FP32's logits on the bench's device, computed once per model: what every cell is
-    held to. None if even eager cannot load; the cells then say why themselves, and carry no
-    parity."""
-    try:
-        eager = create_backend("eager").load(model, cfg.device, checkpoint=Path(cfg.checkpoint), threads=threads)
-    except Exception:  # noqa: BLE001
-        return None
-    return reference_logits(eager, x)
-
-
-def _parity(backend: Backend, reference: torch.Tensor | None, x, y, precision: str) -> dict | None:
-    """The one parity check (digits.export.parity) of this cell against eager FP32 on the same
-    device: every batch shape the check runs, the thresholds of the cell's precision."""
-    if reference is None:
-        return None
-    p = check_parity(backend, reference, x, y, precision=precision).to_dict()
-    return {**p, "reference": f"eager fp32 on {backend.device}"}
+def _peaks(env: dict, probes: dict, gemm: dict[str, Timing], probe_errors: dict) -> None:
+    env["gemm_gflops"] = {name: gflops(probes[name][1], t) for name, t in gemm.items()}
+    env["gemm_precision"] = {name: probes[name][2] for name in gemm}
+    env["probe_errors"].update(probe_errors)
+    peaks: dict[str, float] = {}
+    for name, rate in env["gemm_gflops"].items():
+        p = env["gemm_precision"][name]
+        peaks[p] = max(peaks.get(p, 0.0), rate)
+    env["peak_gflops_by_precision"] = peaks
+    env["peak_gflops"] = peaks.get("fp32")  # None if every FP32 probe failed: no FP32 efficiency
 
 
 def sample_key(rec: Record) -> str:
     return f"{rec.model}/{rec.backend}/{rec.precision}/{rec.device}/{rec.batch_size}"
 
 
-def _gemm_probes(cfg: BenchConfig, threads: int) -> tuple[dict, dict]:
-    """``({name: (call, flops, cuda_events, precision)}, {name: why it could not be built})``.
+def _gemm_probes(cfg: BenchConfig, threads: int, precisions: list[str]) -> tuple[dict, dict]:
+    """``({name: (call, flops, precision)}, {name: why it could not be built})``.
 
-    Every precision in the sweep gets its probes (see :mod:`digits.bench.probes`); a probe
-    that cannot be built is recorded, and the sweep goes on.
+    Every precision in ``precisions`` gets its probes (see :mod:`digits.bench.probes`); a
+    probe that cannot be built is recorded, and the sweep goes on.
     """
     probes, errors = {}, {}
-    for name, (precision, make) in _probes.gemm_probes(cfg.device, threads, cfg.resolved_precisions(),
-                                                        cfg.backends).items():
+    for name, (precision, make) in _probes.gemm_probes(cfg.device, threads, precisions, cfg.backends).items():
         try:
             probes[name] = (*make(), precision)
         except Exception as e:  # noqa: BLE001
-            errors[name] = _reason(e)
+            errors[name] = reason(e)
     return probes, errors
-
-
-def _openvino_version() -> dict:
-    try:
-        import openvino
-    except Exception:  # noqa: BLE001 - absent or broken: the backend's cells say which
-        return {"openvino": None}
-    return {"openvino": openvino.__version__.split("-")[0]}
 
 
 def _batch(x: torch.Tensor, b: int) -> torch.Tensor:
@@ -349,15 +286,3 @@ def _batch(x: torch.Tensor, b: int) -> torch.Tensor:
     return x[:b].contiguous() if b <= len(x) else x.repeat((b + len(x) - 1) // len(x), 1, 1, 1)[:b].contiguous()
 
 
-def _reason(e: Exception) -> str:
-    # Some runtimes (OpenVINO) put only "Exception from <file>:" on the first line; keep
-    # the lines that say what went wrong, up to 300 characters.
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(e).__name__
-    text = lines[0]
-    for ln in lines[1:]:
-        if not text.endswith(":") and "Summary" not in text:
-            break
-        text += " " + ln
-    return f"{type(e).__name__}: {text[:300]}"

@@ -1,10 +1,17 @@
-"""The one timer: warm-up, first-call latency, raw samples, and the statistics derived from them.
+"""The one timer: first call, warm-up, then two timed phases, and the statistics derived from them.
 
-CPU calls are timed with ``time.perf_counter``. CUDA calls that only enqueue work are
-timed with CUDA events recorded around each call and read after one synchronize, so the
-GPU's own time is measured without a host sync inside the loop. Calls that block until
-their result is ready (onnxruntime's ``run_with_iobinding``) are timed on the host even
-on CUDA. Statistics come from the raw samples in :func:`summarize`, and nowhere else.
+Every backend on a device is timed the same way (the method ``docs/bench.md`` states):
+
+- **latency**: the host clock around one call plus the device sync that makes its output
+  ready (``torch.cuda.synchronize`` on CUDA, nothing on the CPU); p50/p90/p99 come from
+  these samples.
+- **throughput**: N back-to-back calls timed over wall time with one sync at the end, as
+  MLPerf's Offline scenario counts; images per second is N x batch / that time. The
+  median of the latency samples is never turned into a rate: that overstates it by the
+  spread between median and mean.
+
+The first call at a batch size is timed apart (it pays lazy set-up). Statistics come from
+the raw samples in :func:`summarize`, and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -48,77 +55,88 @@ def summarize(samples_ms: list[float]) -> Stats:
 @dataclass
 class Timing:
     first_call_ms: float  # the very first call at this batch size, before any warm-up
-    samples_ms: list[float] = field(repr=False)
+    samples_ms: list[float] = field(repr=False)  # latency phase: one call + sync each
+    throughput_calls: int = 0  # throughput phase: back-to-back calls ...
+    throughput_seconds: float = 0.0  # ... over this much wall time, one sync at the end
+    output: Any = field(default=None, repr=False, compare=False)  # the last timed call's result
     stats: Stats = None
 
     def __post_init__(self):
         self.stats = summarize(self.samples_ms)
 
+    def calls_per_second(self) -> float:
+        return self.throughput_calls / self.throughput_seconds
+
     def to_dict(self) -> dict:
-        return {"first_call_ms": self.first_call_ms, **asdict(self.stats)}
+        return {"first_call_ms": self.first_call_ms, **asdict(self.stats),
+                "throughput_calls": self.throughput_calls, "throughput_seconds": self.throughput_seconds}
 
     def extend(self, later: Timing) -> Timing:
-        """Pool the samples of a later round; the first call stays this round's."""
-        return Timing(first_call_ms=self.first_call_ms, samples_ms=self.samples_ms + later.samples_ms)
+        """Pool a later round: samples, calls and seconds add up; the first call stays this round's."""
+        return Timing(first_call_ms=self.first_call_ms, samples_ms=self.samples_ms + later.samples_ms,
+                      throughput_calls=self.throughput_calls + later.throughput_calls,
+                      throughput_seconds=self.throughput_seconds + later.throughput_seconds, output=later.output)
 
 
-def measure(fn: Callable[[], object], *, warmup: int = 10, min_iters: int = 20, min_time: float = 0.5,
-            max_iters: int = 1_000_000, cuda_events: bool = False) -> Timing:
-    """Time ``fn`` until both ``min_iters`` calls and ``min_time`` seconds are reached."""
-    sync = torch.cuda.synchronize if cuda_events else (lambda: None)
+def device_sync(device: str) -> Callable[[], None]:
+    """What makes a call's output ready on ``device``: the whole GPU's queue on CUDA (every
+    runtime's stream, onnxruntime's too), nothing on the CPU (calls return finished)."""
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def measure(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 10, min_iters: int = 20,
+            min_time: float = 0.5, max_iters: int = 1_000_000, max_time: float = math.inf) -> Timing:
+    """Time ``fn``: first call, ``warmup`` calls, then the latency phase and the throughput
+    phase, each until both ``min_iters`` calls and ``min_time`` / 2 seconds are reached, or
+    ``max_iters`` calls, or ``max_time`` / 2 seconds (at least one call each)."""
+    sync = device_sync(device)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside the loop would be timed as the model's (as timeit does)
     try:
-        return _measure(fn, sync, warmup, min_iters, min_time, max_iters, cuda_events)
+        return _measure(fn, sync, warmup, min_iters, min_time / 2, max_iters, max_time / 2)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _measure(fn, sync, warmup, min_iters, min_time, max_iters, cuda_events) -> Timing:
+def _measure(fn, sync, warmup, min_iters, min_time, max_iters, max_time) -> Timing:
+    clock = time.perf_counter
     sync()
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
     sync()
-    first = (time.perf_counter() - t0) * 1e3
+    first = (clock() - t0) * 1e3
     for _ in range(warmup):
         fn()
     sync()
-    if cuda_events:
-        samples = _cuda_loop(fn, min_iters, min_time, max_iters)
-    else:
-        samples = []
-        clock = time.perf_counter
-        start = clock()
-        while (len(samples) < min_iters or clock() - start < min_time) and len(samples) < max_iters:
-            t = clock()
-            fn()
-            samples.append((clock() - t) * 1e3)
-    return Timing(first_call_ms=first, samples_ms=samples)
 
+    def more(n: int, start: float) -> bool:
+        elapsed = clock() - start
+        return n == 0 or ((n < min_iters or elapsed < min_time) and n < max_iters and elapsed < max_time)
 
-def _cuda_loop(fn, min_iters: int, min_time: float, max_iters: int) -> list[float]:
-    pairs = []
-    start = time.perf_counter()
-    while (len(pairs) < min_iters or time.perf_counter() - start < min_time) and len(pairs) < max_iters:
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
+    samples: list[float] = []
+    start = clock()
+    while more(len(samples), start):
+        t = clock()
         fn()
-        b.record()
-        pairs.append((a, b))
-        if len(pairs) % 64 == 0:
-            b.synchronize()  # keep the host at most 64 calls ahead so min_time means GPU time
-    torch.cuda.synchronize()
-    return [a.elapsed_time(b) for a, b in pairs]
+        sync()
+        samples.append((clock() - t) * 1e3)
+    calls, start = 0, clock()
+    while more(calls, start):  # the host may run ahead of the device here; the sync below waits it out
+        out = fn()
+        calls += 1
+    sync()
+    return Timing(first_call_ms=first, samples_ms=samples, throughput_calls=calls,
+                  throughput_seconds=clock() - start, output=out)
 
 
-def harness_overhead_ms(cuda_events: bool = False) -> float:
-    """p50 of timing an empty call: the floor under every latency this timer reports."""
-    return measure(lambda: None, warmup=100, min_iters=2000, min_time=0.1, cuda_events=cuda_events).stats.p50_ms
+def harness_overhead_ms(device: str = "cpu") -> float:
+    """p50 of timing an empty call (plus the device sync): the floor under every latency this timer reports."""
+    return measure(lambda: None, device=device, warmup=100, min_iters=2000, min_time=0.2).stats.p50_ms
 
 
-def matmul_probe(device: str = "cpu", n: int = 2048, dtype: str = "fp32"):
-    """``(call, flops, cuda_events)`` for one large ``torch.mm`` on ``device`` (fp32, bf16 or fp16).
+def matmul_probe(device: str = "cpu", n: int = 2048, dtype: str = "fp32"):  # sized by digits.bench.probes.sized
+    """``(call, flops)`` for one large ``torch.mm`` on ``device`` (fp32, bf16 or fp16).
 
     It runs on the current ``torch.get_num_threads()``, so set threads first; time it
     inside :func:`strict_fp32` so that CUDA's TF32 is off and the figure is true FP32.
@@ -127,12 +145,12 @@ def matmul_probe(device: str = "cpu", n: int = 2048, dtype: str = "fp32"):
     kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     a = torch.randn(n, n, device=dev, dtype=kind)
     b = torch.randn(n, n, device=dev, dtype=kind)
-    return (lambda: torch.mm(a, b)), 2 * n ** 3, dev.type == "cuda"
+    return (lambda: torch.mm(a, b)), 2 * n ** 3
 
 
 def gflops(flops: int, timing: Timing) -> float:
-    """A probe's rate from its median call: ``peak_gflops`` is this for :func:`matmul_probe`."""
-    return flops / (timing.stats.p50_ms / 1e3) / 1e9
+    """A probe's rate from its throughput phase (work over wall time), as a cell's throughput is."""
+    return flops * timing.calls_per_second() / 1e9
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from torch import nn
 import digits
 from digits._io import atomic_path
 from digits.data import MEAN, STD, check_input
-from digits.errors import DigitsError, UsageError
+from digits.errors import RuntimeMissing, DigitsError, UsageError
 from digits.export._registry import Runner, example_input, register_format
 from digits.export.torchscript import _first_line
 
@@ -209,7 +209,7 @@ def make_session(path: Path | bytes, device: str = "cpu", *, threads: int | None
     if device == "cuda":
         name, options = provider or gpu_provider()
         if name not in ort.get_available_providers():
-            raise DigitsError(f"onnxruntime {ort.__version__} has no {name} here, so it cannot run this on the GPU. "
+            raise RuntimeMissing(f"onnxruntime {ort.__version__} has no {name} here, so it cannot run this on the GPU. "
                               + _INSTALL.get(name, ""))
         # TensorRT hands the nodes it cannot build to CUDA, as onnxruntime intends.
         providers = [(name, options)] + ([gpu_provider()] if name != "CUDAExecutionProvider" else [])

@@ -1,7 +1,8 @@
 """The one parity function: does a reloaded artifact compute what the eager model computes?
 
-Used by ``digits export``, ``digits verify``, every ``digits bench`` cell (against eager
-FP32 on the bench's device) and the test suite.
+Used by ``digits export``, ``digits verify``, every ``digits bench`` backend x precision
+(:func:`check_parity` on the full test set) and every timed bench cell
+(:func:`compare_logits` on that cell's own output), and the test suite.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+import math
 
 from digits.precision import FP32_THRESHOLDS, passes, thresholds
 
@@ -72,3 +75,18 @@ def reference_logits(eager: nn.Module | Callable[[torch.Tensor], torch.Tensor], 
     if isinstance(eager, nn.Module):
         eager = eager.eval()
     return torch.cat([eager(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+
+def compare_logits(got: torch.Tensor, ref: torch.Tensor, precision: str = "fp32") -> dict:
+    """Logits of one call against eager FP32's for the same images, judged by ``precision``'s
+    thresholds: FP32 must match logits (max_abs_diff) and every prediction, a reduced
+    precision its predictions (argmax agreement). Non-finite logits never pass."""
+    got, ref = got.detach().float().cpu(), ref.detach().float().cpu()
+    if got.shape != ref.shape:
+        raise ValueError(f"logits of shape {tuple(got.shape)} against a reference of shape {tuple(ref.shape)}")
+    diff = (got - ref).abs().max().item()
+    agreement = (got.argmax(1) == ref.argmax(1)).sum().item() / len(ref)
+    t = thresholds(precision)
+    ok = math.isfinite(diff) and agreement >= t["argmax_agreement"] and (precision != "fp32" or diff <= t["max_abs_diff"])
+    return {"max_abs_diff": diff, "argmax_agreement": agreement, "images": len(ref), "passed": ok,
+            "precision": precision, "thresholds": {k: v for k, v in t.items() if k != "accuracy_delta"}}

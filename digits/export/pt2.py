@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.export.passes import move_to_device_pass
 
 from digits._io import atomic_path
 from digits.errors import DigitsError
@@ -40,7 +41,12 @@ class Pt2:
         try:
             with warnings.catch_warnings():  # torch 2.14 warns about reduced-precision weight groups it then loads fine
                 warnings.simplefilter("ignore")
-                return torch.export.load(str(path)).module().to(device)
+                program = torch.export.load(str(path))
+                if torch.device(device).type != "cpu":
+                    # A program exported on the CPU asserts that its input is on the CPU wherever it
+                    # casts (x.to(dtype) records the device): re-target those, not only the weights.
+                    program = move_to_device_pass(program, device)
+                return program.module().to(device)
         except Exception as e:  # noqa: BLE001
             raise DigitsError(f"{path} is not a loadable torch.export (.pt2) file ({_first_line(e)}). "
                               "Re-create it with `digits export --format pt2`.") from None
