@@ -25,7 +25,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Commands whose examples only parse here: they train, sweep, need CUDA or a browser, or take minutes.
 PARSE_ONLY = {"train": "trains on full MNIST", "bench": "a full sweep takes minutes",
               "run": "the whole job takes minutes", "serve": "starts a server",
-              "predict": "reads the user's own image files"}
+              "predict": "reads the user's own image files", "compare": "compares bench reports the user made"}
 
 
 def examples() -> list[tuple[str, list[str]]]:

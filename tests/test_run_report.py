@@ -31,6 +31,7 @@ def _cfg(fixture_root, art, tmp_path, **kw):
     return RunConfig(data_root=fixture_root, artifacts=art, results=tmp_path / "results", bench=TINY_BENCH, **kw)
 
 
+@pytest.mark.slow  # a whole `digits run` on the fixture: 7-18 s
 def test_run_skips_verified_stages_and_writes_the_report(fixture_root, workspace, tmp_path):
     res = run_all(_cfg(fixture_root, workspace, tmp_path))
     assert res.done["train"].startswith("skipped") and res.done["export"].startswith("skipped")
@@ -46,6 +47,7 @@ def test_run_skips_verified_stages_and_writes_the_report(fixture_root, workspace
     _check_report(tmp_path / "results", res)
 
 
+@pytest.mark.slow  # a whole `digits run` on the fixture: 7-18 s
 def test_tampered_checkpoint_is_retrained_and_reexported(fixture_root, workspace, tmp_path):
     weights = workspace / "mlp" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x00")
@@ -69,6 +71,7 @@ def test_failed_stage_is_named_and_earlier_stages_kept(fixture_root, workspace, 
     assert (workspace / "cnn" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # a whole `digits run` on the fixture: 7-18 s
 def test_run_exports_and_benches_the_reduced_precisions(fixture_root, workspace, tmp_path, monkeypatch):
     import digits.precision as precision
 
@@ -90,6 +93,7 @@ def test_run_exports_and_benches_the_reduced_precisions(fixture_root, workspace,
     assert again.done["export"].startswith("skipped") and again.done["bench"].startswith("skipped")
 
 
+@pytest.mark.slow  # a whole `digits run` on the fixture: 7-18 s
 def test_force_redoes_everything(fixture_root, workspace, tmp_path):
     res = run_all(_cfg(fixture_root, workspace, tmp_path, force=True, html=False))
     assert all(v == "ran" for k, v in res.done.items() if k != "data")
@@ -118,6 +122,7 @@ def test_report_without_checkpoints_says_to_train(fixture_root, tmp_path):
     assert result.exit_code == 1 and "digits train all" in result.output
 
 
+@pytest.mark.slow  # a whole `digits run` on the fixture: 7-18 s
 def test_cli_run_json(fixture_root, workspace, tmp_path, monkeypatch):
     import digits.pipeline as pipeline
 

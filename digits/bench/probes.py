@@ -81,7 +81,7 @@ def openvino_matmul_probe(threads: int, precision: str, n: int = 2048) -> Probe:
     import openvino as ov
     from openvino import opset13 as ops
 
-    from digits.bench.openvino import check_runtime_precision, compile_config, core
+    from digits.bench.backends.openvino import check_runtime_precision, compile_config, core
 
     rng = np.random.default_rng(0)
     a = ops.parameter([n, n], np.float32, name="a")

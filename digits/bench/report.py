@@ -144,29 +144,6 @@ def best_cells(records: list[dict], batch: int = 256) -> list[dict]:
     return rows
 
 
-def compare(before: dict, after: dict, tolerance: float = 0.10) -> list[dict]:
-    """Per-cell p50 change between two bench reports (repeatability, or a change's effect).
-
-    Cells are matched on (model, backend, device, batch_size); a cell missing or failed in
-    either report is left out. ``within`` says whether ``|after / before - 1| <= tolerance``.
-    """
-    def key(r):
-        return r["model"], r["backend"], r.get("precision", "fp32"), r["device"], r["batch_size"]
-
-    old = {key(r): r for r in before["records"] if r["error"] is None}
-    rows = []
-    for r in after["records"]:
-        o = old.get(key(r))
-        if o is None or r["error"] is not None:
-            continue
-        change = r["p50_ms"] / o["p50_ms"] - 1
-        rows.append({"model": r["model"], "backend": r["backend"], "precision": r.get("precision", "fp32"),
-                     "device": r["device"],
-                     "batch_size": r["batch_size"], "before_p50_ms": o["p50_ms"], "after_p50_ms": r["p50_ms"],
-                     "change": change, "within": abs(change) <= tolerance})
-    return rows
-
-
 def table(report: dict) -> Table:
     env = report["environment"]
     t = Table(title=f"digits bench on {env['device_name']} ({env['device']}, {env['threads']} threads; "
@@ -243,7 +220,8 @@ def plot(report: dict, out: Path) -> list[Path]:
             if pts:
                 ax.scatter(pts[0]["p50_ms"] * 1e3, pts[0]["accuracy"] * 100, s=50, color=f"C{i}",
                            marker=markers.get(be, "o"), label=f"{model} / {be}")
-    ax.legend(fontsize=7, ncol=len(models), loc="best")
+    if ax.get_legend_handles_labels()[0]:  # no batch-1 cell swept: an empty plot, no empty legend
+        ax.legend(fontsize=7, ncol=len(models), loc="best")
     ax.set(xscale="log", xlabel="batch-1 p50 latency (us, log)", ylabel="test accuracy (%)",
            title=f"Accuracy vs batch-1 latency, {env['device']}, {env['date'][:10]}")
     ax.grid(True, alpha=0.3)

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import torch
 
-from digits.bench.backends import Backend, register_backend
+from digits.bench.backends._base import Backend, register_backend
 from digits.data import check_input
 from digits.errors import DigitsError
 

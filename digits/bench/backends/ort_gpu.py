@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from digits.bench.backends import OnnxRuntime, register_backend
+from digits.bench.backends._base import register_backend
+from digits.bench.backends.onnxruntime import OnnxRuntime
 
 
 @register_backend

@@ -1,0 +1,15 @@
+"""The checkpoint itself in PyTorch eager, in eval mode."""
+
+from __future__ import annotations
+
+from digits.bench.backends._base import Backend, register_backend
+
+
+@register_backend
+class Eager(Backend):
+    """PyTorch eager, model in eval mode, under ``inference_mode``."""
+
+    name = "eager"
+
+    def _open(self, model, device, *, checkpoint, threads):
+        self.module = self._checkpoint_module(checkpoint, model)
