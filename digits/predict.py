@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from digits._io import atomic_write
+from digits.calibrate import UNSURE_BELOW, temperature_of
 from digits.checkpoint import checkpoint_dir, read_manifest
 from digits.errors import DigitsError, UsageError
-from digits.preprocess import ImageError, load_gray, normalize28, preprocess
+from digits.preprocess import ImageError, load_image, normalize28, preprocess_all
 
 
 def collect_inputs(paths: list[str | os.PathLike]) -> list[Path]:
@@ -62,40 +63,81 @@ def ensure_backend(model: str, backend: str, *, checkpoint: Path, artifacts: Pat
 
 def predict_files(paths: list[str | os.PathLike], *, model: str = "lenet5", backend: str = "onnxruntime",
                   checkpoint: Path = Path("artifacts"), artifacts: Path = Path("artifacts"),
-                  data_root: Path | None = None, save_preprocessed: Path | None = None,
-                  log: Callable[[str], None] = lambda m: None) -> list[dict]:
-    """One entry per input file, in order: ``{path, prediction, probabilities}`` or ``{path, error}``."""
+                  data_root: Path | None = None, save_preprocessed: Path | None = None, single: bool = False,
+                  unsure_below: float = UNSURE_BELOW, log: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """One entry per input file, in order: ``{path, number, unsure, digits: [{box, prediction,
+    probabilities, unsure}]}`` (plus ``prediction`` and ``probabilities`` when one digit was
+    read), or ``{path, error}``.
+
+    Each file is read as a number written left to right; ``single`` reads one digit only.
+    Probabilities are calibrated by the checkpoint's temperature (digits.calibrate); a digit
+    whose top probability is under ``unsure_below`` is unsure, and shows as "?" in ``number``."""
     files = collect_inputs(paths)
     if not files:
         raise UsageError("No input files: the given directories are empty.")
     results: list[dict] = []
-    images: list[np.ndarray] = []
+    found: list[tuple[dict, list, object, np.ndarray]] = []  # (result, [(box, 28x28)], localisation, gray)
     for f in files:
         try:
-            images.append(preprocess(load_gray(f)))
+            gray, rgb = load_image(f)
+            digits, located = preprocess_all(gray, rgb, single=single)
             results.append({"path": str(f)})
+            found.append((results[-1], digits, located, gray))
         except ImageError as e:
             results.append({"path": str(f), "error": f"{f}: {e}"})
-    ok = [r for r in results if "error" not in r]
-    if ok:
+    if found:
         runner = ensure_backend(model, backend, checkpoint=checkpoint, artifacts=artifacts, data_root=data_root, log=log)
-        batch = torch.from_numpy(np.stack([normalize28(im) for im in images]))
-        probs = torch.softmax(runner(batch).float(), dim=1)
-        for r, p in zip(ok, probs, strict=True):
-            r["prediction"] = int(p.argmax())
-            r["probabilities"] = [round(float(v), 6) for v in p]
-        if save_preprocessed:
-            for r, im in zip(ok, images, strict=True):
-                _save_png(save_preprocessed / f"{Path(r['path']).stem}.png", im)
-                r["preprocessed"] = str(save_preprocessed / f"{Path(r['path']).stem}.png")
+        crops = [img for _, digits, _, _ in found for _, img in digits]
+        temperature = temperature_of(read_manifest(checkpoint_dir(checkpoint, model), model))
+        logits = runner(torch.from_numpy(np.stack([normalize28(im) for im in crops]))).float()
+        probs = torch.softmax(logits / temperature, dim=1)
+        i = 0
+        for r, digits, located, gray in found:
+            r["digits"] = []
+            for box, _ in digits:
+                p = probs[i]
+                i += 1
+                r["digits"].append({"box": list(box), "prediction": int(p.argmax()),
+                                    "probabilities": [round(float(v), 6) for v in p],
+                                    "unsure": bool(p.max() < unsure_below)})
+            r["number"] = "".join("?" if d["unsure"] else str(d["prediction"]) for d in r["digits"])
+            r["unsure"] = any(d["unsure"] for d in r["digits"])
+            if len(r["digits"]) == 1:
+                r["prediction"], r["probabilities"] = r["digits"][0]["prediction"], r["digits"][0]["probabilities"]
+            if save_preprocessed:
+                path = save_preprocessed / f"{Path(r['path']).stem}.png"
+                _save_png(path, mosaic(gray, located, [img for _, img in digits]))
+                r["preprocessed"] = str(path)
     return results
 
 
-def _save_png(path: Path, img28: np.ndarray) -> None:
+def mosaic(gray: np.ndarray, located, crops: list[np.ndarray], tile: int = 160) -> np.ndarray:
+    """What preprocessing did, side by side: the image, flattened, ink mask, chosen boxes, and
+    each 28x28 the model saw (uint8 RGB)."""
+    import cv2
+
+    def fit(img: np.ndarray) -> np.ndarray:
+        img = img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        h, w = img.shape[:2]
+        f = tile / max(h, w)
+        small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        out = np.full((tile, tile, 3), 255, np.uint8)
+        out[:small.shape[0], :small.shape[1]] = small
+        return out
+
+    steps = [(np.clip(gray, 0, 1) * 255).astype(np.uint8), located.steps["flattened"], located.steps["mask"],
+             cv2.cvtColor(located.steps["chosen"], cv2.COLOR_BGR2RGB)]
+    steps += [cv2.resize((np.clip(c, 0, 1) * 255).astype(np.uint8), (tile, tile), interpolation=cv2.INTER_NEAREST)
+              for c in crops]
+    return np.hstack([fit(s) for s in steps])
+
+
+def _save_png(path: Path, img: np.ndarray) -> None:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray((np.clip(img28, 0, 1) * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    arr = img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(buf, format="PNG")
     atomic_write(path, buf.getvalue())
 
 

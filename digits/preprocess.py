@@ -17,9 +17,9 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from digits.data import MEAN, STD
 from digits.errors import DigitsError
+from digits.locate import Located, locate
 
 MAX_PIXELS = 50_000_000  # anything larger is not a photo of one digit
-WORK_SIDE = 256  # images are analysed at this longer side: plenty for one digit, and fast
 TARGET_STROKE = 0.13  # MNIST stroke width / box side (about 2.6 px of 20)
 
 
@@ -31,8 +31,20 @@ class TooLarge(ImageError):
     """An image over the pixel limit (the server answers 413)."""
 
 
+DECODE_SIDE = 640  # large photos are decoded at reduced size, to at least this longer side (locate works at 512)
+
+
 def load_gray(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read any PIL-readable image (a file, or its bytes) as float32 [H, W] in 0..1, flattening alpha sensibly."""
+    return load_image(path, max_pixels)[0]
+
+
+def load_image(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(gray, rgb)``: float32 [H, W] and, for a colour image, float32 [H, W, 3] in 0..1.
+
+    A large photo is decoded at reduced size (JPEG draft mode, then ``reduce``) to about
+    ``DECODE_SIDE`` px before any float array exists, so memory does not grow with megapixels.
+    """
     if isinstance(path, bytes):
         if not path:
             raise ImageError("is empty")
@@ -50,8 +62,13 @@ def load_gray(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndar
             if w * h > max_pixels:
                 raise TooLarge(f"{w}x{h} pixels ({w * h / 1e6:.1f} MP) is larger than the "
                                f"{max_pixels / 1e6:g} MP limit")
+            if max(w, h) > 2 * DECODE_SIDE and im.format == "JPEG":
+                f = DECODE_SIDE / max(w, h)
+                im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (max(1, int(w * f)), max(1, int(h * f))))
             im.load()
             img = im.copy()
+        if (k := max(img.size) // DECODE_SIDE) >= 2:
+            img = img.reduce(k)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -70,9 +87,12 @@ def load_gray(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndar
             opaque = alpha > 0.5
             ink_is_bright = opaque.any() and lum[opaque].mean() > 0.5
             bg = 0.0 if ink_is_bright else 1.0
-            return (lum * alpha + bg * (1 - alpha)).astype(np.float32)
-        return lum.astype(np.float32)
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255
+            return (lum * alpha + bg * (1 - alpha)).astype(np.float32), None
+        return lum.astype(np.float32), rgba[..., :3]
+    if img.mode in ("RGB", "P", "CMYK", "YCbCr"):
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
+        return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.float32), rgb
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255, None
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -81,92 +101,30 @@ def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                       if size[0] < a.shape[1] else Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def _otsu(a: np.ndarray) -> float:
-    hist, edges = np.histogram(a, bins=64, range=(0.0, 1.0))
-    p = hist / max(hist.sum(), 1)
-    omega, mu = np.cumsum(p), np.cumsum(p * (edges[:-1] + edges[1:]) / 2)
-    between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
-    return float(edges[1:][np.argmax(between)])
+def preprocess(gray: np.ndarray, color: np.ndarray | None = None) -> np.ndarray:
+    """float [H, W] in 0..1 -> MNIST-like float [28, 28] in 0..1 (white digit on black): the
+    best digit candidate :func:`digits.locate.locate` finds, in MNIST's format."""
+    digits = preprocess_all(gray, color, single=True)[0]
+    return digits[0][1]
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
-    """Label 8-connected components by propagating the max label to a fixed point."""
-    h, w = mask.shape
-    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
-    while True:
-        padded = np.pad(labels, 1)
-        neigh = np.max([padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
-        new = np.where(mask, neigh, 0)
-        if np.array_equal(new, labels):
-            return labels
-        labels = new
+def preprocess_all(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = False
+                   ) -> tuple[list[tuple[tuple[int, int, int, int], np.ndarray]], Located]:
+    """Every digit found, left to right: ``([(box, 28x28)], the localisation)`` (one with ``single``)."""
+    found = locate(gray, color, single=single)
+    if not found.boxes:
+        raise ImageError("blank image: no digit found (nothing with a digit's size, shape and contrast)")
+    return [(box, to_mnist(ink)) for box, ink in zip(found.boxes, found.ink, strict=True)], found
 
 
-def _labels(mask: np.ndarray, k: int = 4) -> np.ndarray:
-    """Components at 1/k resolution (block max keeps thin strokes), mapped back to full size."""
-    h, w = mask.shape
-    ph, pw = -h % k, -w % k
-    small = np.pad(mask, ((0, ph), (0, pw))).reshape((h + ph) // k, k, (w + pw) // k, k).any(axis=(1, 3))
-    labels = _components(small)
-    return np.repeat(np.repeat(labels, k, 0), k, 1)[:h, :w] * mask
-
-
-def _drop_border_clutter(mask: np.ndarray) -> np.ndarray:
-    """Remove what is not the digit: frame lines, paper edges, shadows, specks.
-
-    Dropped: components touching the image border (paper edges, shadows, a canvas
-    border) unless nothing else is left; outlines spanning most of the image (a frame
-    drawn inside the border); long thin lines along a side; specks under 2% of the
-    heaviest remaining component.
-    """
-    labels = _labels(mask)
-    H, W = mask.shape
-    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))) - {0}
-    inner, outer = [], []
-    for i in np.unique(labels[labels > 0]):
-        ys, xs = np.nonzero(labels == i)
-        h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
-        frame = h >= 0.8 * H and w >= 0.8 * W and len(ys) < 0.3 * h * w
-        line = (h >= 0.8 * H and w < 0.1 * W) or (w >= 0.8 * W and h < 0.1 * H)
-        if frame or line:
-            continue
-        (outer if i in border else inner).append((len(ys), i))
-    candidates = inner or outer[:]  # a digit that fills the image touches the border too
-    if not candidates:
-        return np.zeros_like(mask)
-    heaviest = max(c for c, _ in candidates)
-    keep = np.zeros_like(mask)
-    for count, i in candidates:
-        if count >= 0.02 * heaviest:
-            keep |= labels == i
-    return keep
-
-
-def preprocess(gray: np.ndarray) -> np.ndarray:
-    """float [H, W] in 0..1 -> MNIST-like float [28, 28] in 0..1 (white digit on black)."""
-    h, w = gray.shape
-    scale = WORK_SIDE / max(h, w)
-    if scale < 1:
-        gray = _resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))))
-    # 1. auto-invert: the border is mostly background; MNIST wants bright ink on dark.
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 0.5:
-        gray = 1.0 - gray
-    # 2. threshold away the background: subtract its level, cut at Otsu's threshold.
-    gray = np.clip(gray - np.median(gray), 0, None)
-    if gray.max() < 0.1:
-        raise ImageError("blank image: no digit found (the canvas has no contrast)")
-    gray = gray / gray.max()
-    mask = gray > max(_otsu(gray), 0.2)
-    mask = _drop_border_clutter(mask)
-    if mask.sum() < 4:
-        raise ImageError("blank image: no digit found after removing background and border clutter")
-    gray = np.where(_grow(mask), gray, 0.0)
-    # 3. crop to the digit's bounding box.
-    ys, xs = np.nonzero(mask)
-    gray = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    mask = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+def to_mnist(ink: np.ndarray) -> np.ndarray:
+    """A digit's ink (0..1, ink bright, cropped to it) -> 28x28 as MNIST made its digits."""
+    ys, xs = np.nonzero(ink > 0.05)
+    if len(ys) < 4:
+        raise ImageError("blank image: the digit found has almost no ink")
+    gray = ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    gray = gray / max(float(gray.max()), 1e-6)
+    mask = gray > 0.35
     # 4. thin strokes (a pen on a big photo) become MNIST-thick before shrinking.
     side = max(gray.shape)
     width = _stroke_width(mask)
@@ -189,12 +147,6 @@ def preprocess(gray: np.ndarray) -> np.ndarray:
     left = int(np.clip(round(14 - cx - 0.5), 0, 28 - sw))
     out[top:top + sh, left:left + sw] = small
     return out
-
-
-def _grow(mask: np.ndarray) -> np.ndarray:
-    # Keep the anti-aliased rim around the kept strokes, not just the thresholded core.
-    img = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(3))
-    return np.asarray(img) > 0
 
 
 def _stroke_width(mask: np.ndarray) -> float:

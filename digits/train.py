@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from digits.augment import augment_batch, random_theta
+from digits.calibrate import calibration
 from digits.checkpoint import RESUME, checkpoint_dir, load_resume, save_checkpoint, save_resume
 from digits.data import Splits
 from digits.errors import DigitsError, UsageError
@@ -135,6 +136,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 20
         loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
         correct += (logits.argmax(1) == y[i:i + batch]).sum().item()
     return correct / len(x), loss / len(x)
+
+
+@torch.inference_mode()
+def logits_of(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)]).float().cpu()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -267,6 +274,7 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
 
     model.load_state_dict(state["best"])
     test_acc, _ = evaluate(model, data.test_x, data.test_y)
+    calib = calibration(logits_of(model, data.val_x), data.val_y, logits_of(model, data.test_x), data.test_y)
     info = model_info(cfg.model)
     manifest = save_checkpoint(folder, model.state_dict(), {
         "model": cfg.model, "model_kwargs": {}, "params": count_params(model), "macs": count_macs(model.cpu()),
@@ -279,6 +287,7 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         # warm-up and capture, before the clock starts (as speed-runs count compile time apart)
         "cuda_graph": static is not None and static.capture,
         "setup_seconds": round(setup_seconds, 3),
+        "calibration": calib,  # temperature scaling fitted on the validation split (digits.calibrate)
     })
     (folder / RESUME).unlink(missing_ok=True)
     return TrainResult(model=cfg.model, epochs=cfg.epochs, seed=cfg.seed, recipe=cfg.recipe,

@@ -198,10 +198,9 @@ def test_record_schema(small_report):
         assert r["p50_ms"] > 0 and r["iterations"] == 4 and r["first_call_ms"] > 0  # 2 rounds x ceil(3/2)
         assert len(r["round_p50_ms"]) == 2 and min(r["round_p50_ms"]) <= r["p50_ms"] <= max(r["round_p50_ms"])
         # images over the wall time of the back-to-back phase (2 rounds x ceil(3/2) calls at least),
-        # not batch / p50; a sane throughput sits near batch / mean latency
+        # not batch / p50 (test_measure_runs_at_least_min_time checks the rate against a known call time)
         assert r["throughput_calls"] >= 4 and r["throughput_seconds"] > 0
         assert r["throughput"] == pytest.approx(r["batch_size"] * r["throughput_calls"] / r["throughput_seconds"])
-        assert 0.2 < r["throughput"] * r["mean_ms"] / 1e3 / r["batch_size"] < 5
         cell = r["cell_parity"]  # this cell's own timed output, against eager FP32 on the same images
         assert cell["passed"] and cell["images"] == r["batch_size"] and cell["max_abs_diff"] <= 1e-4, r
         assert r["untrusted"] is None and r["missing"] is False

@@ -178,7 +178,10 @@ def test_cli_json_save_preprocessed_and_exit_code(tmp_path, trained, digits28, e
     assert [r["path"].rsplit("/", 1)[1] for r in out] == ["d0.png", "d1.png", "d2.png"]
     for r in out:
         assert abs(sum(r["probabilities"]) - 1) < 1e-4 and r["prediction"] == int(np.argmax(r["probabilities"]))
-        assert Image.open(r["preprocessed"]).size == (28, 28)
+        # the mosaic: image, flattened, ink mask, chosen box, then each 28x28 the model saw
+        assert r["number"] == ("?" if r["unsure"] else str(r["prediction"])) and len(r["digits"]) == 1
+        assert r["unsure"] == (max(r["probabilities"]) < 0.6)
+        assert Image.open(r["preprocessed"]).size == (160 * (4 + len(r["digits"])), 160)
     (imgs / "broken.png").write_bytes(b"\x89PNG broken")
     result = runner.invoke(app, ["predict", str(imgs), "--checkpoint", str(trained), "--artifacts", str(trained), "--json"])
     assert result.exit_code == 1 and "broken.png" in result.output

@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +252,23 @@ def test_page_upload_a_photo_and_a_bad_file(page, tmp_path):
     page.set_input_files("#upload", str(tmp_path / "notes.txt"))
     page.wait_for_selector("#error:not([hidden])", timeout=10_000)
     assert "not an image" in page.locator("#error").inner_text()
+
+
+def test_page_reads_a_number_in_a_photo_and_boxes_each_digit(page):
+    photos = Path(__file__).parent / "data" / "photos"
+    entry = next(p for p in json.loads((photos / "photos.json").read_text())["photos"] if len(p["label"]) == 3)
+    page.click("#clear")
+    page.set_input_files("#upload", str(photos / entry["file"]))
+    _answer(page)
+    card = page.locator('.model[data-model="lenet5"]')
+    assert len(card.get_attribute("data-number")) == 3  # three digits read, '?' where unsure
+    page.wait_for_selector("#photo:not([hidden])", timeout=10_000)
+    # the photo is drawn with a box per digit: the box colour's pixels are there
+    red = page.evaluate("(() => { const c = document.getElementById('photo'); const d = c.getContext('2d')"
+                        ".getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 0; i < d.length; i += 4)"
+                        " if (d[i] > 200 && d[i + 1] < 120 && d[i + 2] < 90) n++; return n; })()")
+    assert red > 100
+    page.click("#clear")
+    _draw(page, ONE)
+    _answer(page)
+    assert page.locator("#photo").is_hidden()  # drawing again hides the photo

@@ -28,28 +28,34 @@ def predict(
     top: Annotated[int, typer.Option("--top-k", min=1, max=10, help="How many classes to show per image.")] = 3,
     checkpoint: CheckpointDir = Path("artifacts"),
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
-    save_preprocessed: Annotated[Path | None, typer.Option(show_default=False,
-                                                           help="Write the 28x28 images the model saw here.")] = None,
+    save_preprocessed: Annotated[Path | None, typer.Option(show_default=False, help="Write a mosaic per file here: the "
+                                                           "image, flattened, ink mask, chosen boxes, each 28x28.")] = None,
+    single: Annotated[bool, typer.Option("--single", help="Read one digit per image, not a number.")] = False,
+    # the default is digits.calibrate.UNSURE_BELOW, written out so that --help needs no torch import
+    unsure_below: Annotated[float, typer.Option(min=0, max=1, help="Say 'unsure' (a '?' in a number) when a digit's "
+                                                "calibrated top probability is under this; 0: never.")] = 0.6,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ):
-    """Predict the digit in your own images (photos, drawings, scans)."""
+    """Read the digit, or the number written left to right, in your own images (photos, drawings, scans)."""
     from digits.bench.backends import create_backend
     from digits.predict import predict_files, top_k
 
     create_backend(backend)  # unknown backend: exit 2 with the choices
     results = predict_files(inputs, model=model.value, backend=backend, checkpoint=checkpoint, artifacts=artifacts,
-                            data_root=data_root(data_dir), save_preprocessed=save_preprocessed, log=log)
+                            data_root=data_root(data_dir), save_preprocessed=save_preprocessed, single=single,
+                            unsure_below=unsure_below, log=log)
     if as_json:
         emit_json(results)
     else:
-        t = table(f"{model.value} via {backend}", "~image", ">digit", "~top-k probabilities")
+        t = table(f"{model.value} via {backend}", "~image", ">read", "~top-k probabilities (per digit)")
         for r in results:
             if "error" in r:
                 t.add_row(r["path"], "[red]-[/]", f"[red]{r['error'].removeprefix(r['path'] + ': ')}[/]")
             else:
-                t.add_row(r["path"], f"[bold]{r['prediction']}[/]",
-                          "  ".join(f"{c}: {p:.1%}" for c, p in top_k(r["probabilities"], top)))
+                read = "[yellow]unsure[/]" if r["number"] == "?" else f"[bold]{r['number']}[/]"
+                t.add_row(r["path"], read, " | ".join(
+                    "  ".join(f"{c}: {p:.1%}" for c, p in top_k(d["probabilities"], top)) for d in r["digits"]))
         out.print(t)
     failed = [r for r in results if "error" in r]
     if failed:

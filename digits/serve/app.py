@@ -58,7 +58,8 @@ class ApiError(Exception):
 def load_models(cfg: ServeConfig) -> dict[str, dict]:
     """Every model's runtime, loaded from its sha256-checked artifact; refuses to start otherwise."""
     from digits.bench.backends import create_backend
-    from digits.checkpoint import checkpoint_dir
+    from digits.calibrate import temperature_of
+    from digits.checkpoint import checkpoint_dir, read_manifest
     from digits.export import read_exports
     from digits.models import list_models, model_info
 
@@ -76,7 +77,8 @@ def load_models(cfg: ServeConfig) -> dict[str, dict]:
         entry = next((e for e in read_exports(checkpoint_dir(cfg.artifacts, name))["formats"].values()
                       if e["file"] == backend.artifact.name), {})
         info = model_info(name)
-        loaded[name] = {"backend": backend, "info": {
+        loaded[name] = {"backend": backend, "temperature": temperature_of(read_manifest(checkpoint_dir(cfg.artifacts, name))),
+                        "info": {
             "name": name, "params": info.params, "macs_per_image": info.macs, "runtime": cfg.backend,
             "artifact": str(backend.artifact), "sha256": entry.get("sha256"), "accuracy": entry.get("accuracy"),
             "precision": entry.get("precision", "fp32")}}
@@ -143,10 +145,10 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/predict", openapi_extra=PREDICT_DOC)
-    async def predict(request: Request, model: str = "all"):
+    async def predict(request: Request, model: str = "all", single: bool = False, unsure_below: float = 0.6):
         arriving[0] += 1  # the batchers wait for more only while others are on their way
         try:
-            return await _predict(request, model)
+            return await _predict(request, model, single, unsure_below)
         finally:
             arriving[0] -= 1
 
@@ -154,7 +156,7 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         if model != "all" and model not in models:
             raise ApiError(404, f"Unknown model {model!r}: this server has {', '.join(models)} (or 'all').")
 
-    async def _predict(request: Request, model: str):
+    async def _predict(request: Request, model: str, single: bool, unsure_below: float):
         check_model(model)  # before reading a body that would be wasted
         body = await read_body(request, cfg.max_body_bytes)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -162,23 +164,35 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
             payload = _json(body)
             model = payload.get("model", model) if isinstance(payload, dict) else model
             x, seen = array_input(payload.get("image") if isinstance(payload, dict) else payload)
+            found = [(None, x, seen)]
         else:
             if kind == "multipart/form-data":
                 body = await multipart_file(request, body)
-            x, seen = await run_in_threadpool(image_input, body, cfg.max_pixels)
+            found = await run_in_threadpool(image_input, body, cfg.max_pixels, single)
         check_model(model)  # a JSON body may name the model too
         names = list(models) if model == "all" else [model]
 
         async def one(name: str) -> dict:
             t0 = time.perf_counter()
             try:
-                logits = await batchers[name].submit(x)
+                every = await asyncio.gather(*(batchers[name].submit(x) for _, x, _ in found))
             except Exception as e:  # noqa: BLE001
                 raise ApiError(503, f"{name} failed on this input: {e}") from None
-            probs = np.exp(logits - logits.max())
-            probs = probs / probs.sum()
-            return {"model": name, "prediction": int(probs.argmax()), "probabilities": [round(float(p), 6) for p in probs],
-                    "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+            digits = []
+            for (box, _, _), logits in zip(found, every, strict=True):
+                z = logits / models[name].get("temperature", 1.0)  # calibrated (digits.calibrate)
+                probs = np.exp(z - z.max())
+                probs = probs / probs.sum()
+                digits.append({"box": box, "prediction": int(probs.argmax()),
+                               "probabilities": [round(float(p), 6) for p in probs],
+                               "unsure": bool(probs.max() < unsure_below)})
+            answer = {"model": name, "number": "".join("?" if d["unsure"] else str(d["prediction"]) for d in digits),
+                      "unsure": any(d["unsure"] for d in digits), "digits": digits,
+                      "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+            if len(digits) == 1:  # one digit: its answer at the top level too, as before numbers were read
+                answer.update(prediction=digits[0]["prediction"], probabilities=digits[0]["probabilities"])
+            return answer
+        seen = found[0][2]
         arriving[0] -= 1  # queued now: no longer a reason for the batchers to wait
         try:
             results = await asyncio.gather(*(one(n) for n in names))  # every model's queue at once
@@ -229,9 +243,12 @@ PREDICT_DOC = {
                       "description": "28x28, white digit on black, 0..1 or 0..255"},
             "model": {"type": "string"}}}}}},
     "description": "Any image `digits predict` reads, as a raw body or a multipart `file` field, or a JSON "
-                   "28x28 array. `?model=lenet5` answers {model, prediction, probabilities, latency_ms}; "
-                   "`all` (the default) answers {results: [...]}. An image upload also gets image28, the 28x28 "
-                   "image the models saw.",
+                   "28x28 array. An image is read as a number written left to right (`?single=true`: one digit). "
+                   "`?model=lenet5` answers {model, number, unsure, digits: [{box, prediction, probabilities, "
+                   "unsure}], latency_ms}, plus prediction and probabilities when one digit was read; `all` (the "
+                   "default) answers {results: [...]}. Probabilities are calibrated (temperature scaling); a digit "
+                   "under `?unsure_below=` (0.6) is unsure, a '?' in number. An image upload also gets image28, the "
+                   "28x28 image the models saw (its first digit).",
 }
 
 
@@ -287,14 +304,15 @@ def array_input(image) -> tuple[np.ndarray, np.ndarray]:
     return normalize28(a), a
 
 
-def image_input(body: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image bytes -> ``digits.preprocess`` (as `digits predict`) -> (normalized [1,28,28], 28x28 seen)."""
-    from digits.preprocess import ImageError, TooLarge, load_gray, normalize28, preprocess
+def image_input(body: bytes, max_pixels: int, single: bool = False) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """Image bytes -> ``digits.preprocess`` (as `digits predict`) -> every digit found, left to
+    right: ``[(box, normalized [1,28,28], 28x28 seen)]``."""
+    from digits.preprocess import ImageError, TooLarge, load_image, normalize28, preprocess_all
 
     try:
-        img28 = preprocess(load_gray(body, max_pixels=max_pixels))
+        digits, _ = preprocess_all(*load_image(body, max_pixels=max_pixels), single=single)
     except TooLarge as e:
         raise ApiError(413, f"The image {e}.") from None
     except ImageError as e:
         raise ApiError(422, f"The upload cannot be used: {e}.") from None
-    return normalize28(img28), img28
+    return [(list(box), normalize28(img28), img28) for box, img28 in digits]

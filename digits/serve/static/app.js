@@ -11,6 +11,8 @@ function clearPad() {
   ctx.fillStyle = "#000"; ctx.fillRect(0, 0, pad.width, pad.height);
   dirty = false; modelsBox.innerHTML = ""; showError(""); seen.getContext("2d").clearRect(0, 0, 28, 28);
   document.body.dataset.state = "empty";
+  const photoCanvas = document.getElementById("photo");
+  if (photoCanvas) photoCanvas.hidden = true;
 }
 
 function pos(e) {
@@ -60,12 +62,17 @@ function showError(text) { errorBox.textContent = text; errorBox.hidden = !text;
 function render(data) {
   modelsBox.innerHTML = "";
   for (const r of data.results) {
-    const top = r.prediction;
+    const first = r.digits[0], top = first.prediction;
     const card = document.createElement("div");
     card.className = "model"; card.dataset.model = r.model; card.dataset.prediction = String(top);
-    card.innerHTML = `<h2>${r.model}</h2><p class="answer">${top}</p>` +
-      `<p class="latency">${(100 * r.probabilities[top]).toFixed(1)}% &middot; ${r.latency_ms.toFixed(2)} ms</p>`;
-    r.probabilities.forEach((p, digit) => {
+    card.dataset.number = r.number; card.dataset.unsure = String(r.unsure);
+    // a digit the calibrated model is not sure of says so, instead of showing a guess as the answer
+    const answer = r.number === "?" ? "unsure" : r.number;
+    const sure = r.digits.map((d) => `${d.unsure ? "?" : d.prediction} ${(100 * Math.max(...d.probabilities)).toFixed(0)}%`);
+    card.innerHTML = `<h2>${r.model}</h2><p class="answer${r.unsure ? " unsure" : ""}">${answer}</p>` +
+      `<p class="latency">${sure.join(" &middot; ")} &middot; ${r.latency_ms.toFixed(2)} ms</p>`;
+    if (r.digits.length > 1) { modelsBox.appendChild(card); continue; }  // a number: one line per digit above
+    first.probabilities.forEach((p, digit) => {
       const row = document.createElement("div");
       row.className = "bar" + (digit === top ? " top" : "");
       row.innerHTML = `<span>${digit}</span><span class="track"><span class="fill" style="display:block;width:${(100 * p).toFixed(1)}%"></span></span><span>${(100 * p).toFixed(1)}%</span>`;
@@ -73,6 +80,7 @@ function render(data) {
     });
     modelsBox.appendChild(card);
   }
+  drawBoxes(data.results[0].digits);
   const img = seen.getContext("2d").createImageData(28, 28);
   data.image28.forEach((row, y) => row.forEach((v, x) => {
     const i = 4 * (28 * y + x), g = Math.round(255 * v);
@@ -82,9 +90,34 @@ function render(data) {
 }
 
 document.getElementById("clear").addEventListener("click", clearPad);
+// An uploaded photo is shown with a box around each digit read.
+const photo = document.getElementById("photo");
+let photoImage = null;
+
+function drawBoxes(digits) {
+  if (!photoImage || document.body.dataset.source !== "upload") { photo.hidden = true; return; }
+  const scale = Math.min(1, 560 / Math.max(photoImage.naturalWidth, photoImage.naturalHeight));
+  photo.width = Math.round(photoImage.naturalWidth * scale); photo.height = Math.round(photoImage.naturalHeight * scale);
+  const c = photo.getContext("2d");
+  c.drawImage(photoImage, 0, 0, photo.width, photo.height);
+  c.lineWidth = 3; c.strokeStyle = "#e4572e"; c.font = "bold 18px sans-serif"; c.fillStyle = "#e4572e";
+  for (const d of digits) {
+    if (!d.box) continue;
+    const [x0, y0, x1, y1] = d.box.map((v) => v * scale);
+    c.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    c.fillText(d.unsure ? "?" : String(d.prediction), x0, Math.max(16, y0 - 4));
+  }
+  photo.hidden = false;
+}
+
+pad.addEventListener("pointerdown", () => { document.body.dataset.source = "canvas"; photo.hidden = true; });
 document.getElementById("upload").addEventListener("change", (e) => {
   const file = e.target.files[0];
-  if (file) { dirty = false; send(Promise.resolve(file)); }
+  if (file) {
+    dirty = false; document.body.dataset.source = "upload";
+    photoImage = new Image(); photoImage.src = URL.createObjectURL(file);
+    photoImage.decode().catch(() => {}).finally(() => send(Promise.resolve(file)));
+  }
   e.target.value = "";
 });
 clearPad();
