@@ -272,3 +272,13 @@ def test_page_reads_a_number_in_a_photo_and_boxes_each_digit(page):
     _draw(page, ONE)
     _answer(page)
     assert page.locator("#photo").is_hidden()  # drawing again hides the photo
+
+
+def test_page_reads_a_number_drawn_on_the_canvas(page):
+    page.click("#clear")
+    _draw(page, [[(60, 70), (60, 210)], [(150, 70), (215, 70), (170, 210)]])  # a 1 and a 7, side by side
+    _answer(page)  # the page answers after each stroke: wait for the answer to the last one
+    page.wait_for_function("(document.querySelector('.model[data-model=\"lenet5\"]') || {dataset: {}})"
+                           ".dataset.number?.length === 2", timeout=10_000)
+    number = page.locator('.model[data-model="lenet5"]').get_attribute("data-number")
+    assert number[1] in "7?"  # two digits read; the 7 unless the model is unsure of it
