@@ -59,3 +59,17 @@ def exported(trained, test_set) -> dict:
     x, y = test_set
     return {(m, f): export_model(m, f, x, y, checkpoint=trained, out=trained)
             for m in list_models() for f in list_formats()}
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, splits, test_set):
+    """Models good enough to read a drawn digit: 15 augmented epochs on the fixture (~92%, a few seconds)."""
+    from digits.export import export_model
+    from digits.models import list_models
+    from digits.train import resolve_config, train
+
+    out = tmp_path_factory.mktemp("served")
+    for name in list_models():
+        train(resolve_config(name, "fast", epochs=15, batch_size=64, lr=3e-3, augment=True, threads=2), splits, out)
+        assert export_model(name, "onnx", *test_set, checkpoint=out, out=out)["passed"]
+    return out

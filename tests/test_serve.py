@@ -25,20 +25,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, splits, test_set):
-    """Models good enough to read a drawn digit: 15 augmented epochs on the fixture (~92%, a few seconds)."""
-    from digits.export import export_model
-    from digits.models import list_models
-    from digits.train import resolve_config, train
-
-    out = tmp_path_factory.mktemp("served")
-    for name in list_models():
-        train(resolve_config(name, "fast", epochs=15, batch_size=64, lr=3e-3, augment=True, threads=2), splits, out)
-        assert export_model(name, "onnx", *test_set, checkpoint=out, out=out)["passed"]
-    return out
-
-
-@pytest.fixture(scope="module")
 def client(served):
     with fastapi_testclient.TestClient(create_app(ServeConfig(artifacts=served, max_wait_ms=5))) as c:
         yield c
@@ -130,7 +116,9 @@ def test_models_health_and_metrics(client, served):
     for m in models:
         entry = read_exports(served / m["name"])["formats"]["onnx"]
         assert m["sha256"] == entry["sha256"] and m["accuracy"] == entry["accuracy"] and m["params"] > 60_000
-    assert client.get("/healthz").json() == {"status": "ok", "models": ["mlp", "cnn", "lenet5"]}
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["models"] == ["mlp", "cnn", "lenet5"] and health["not_serving"] == []
+    assert client.get("/readyz").status_code == 200 and client.get("/livez").json() == {"status": "alive"}
     text = client.get("/metrics").text
     assert 'digits_requests_total{route="/v1/predict",status="200"}' in text
     assert 'digits_batch_size_bucket{model="lenet5",le="1"}' in text and "digits_request_seconds_count" in text

@@ -24,18 +24,23 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Largest dynamic batch (1: batch-1 serving).")] = 64,
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a request waits for others to batch with.")] = 2.0,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body; larger gets 413.")] = 10.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting per model; beyond it, 503 + Retry-After.")] = 256,
+    timeout_ms: Annotated[float, typer.Option(min=1.0, help="A request not answered by then gets 504.")] = 2000.0,
+    limit_concurrency: Annotated[int, typer.Option(min=1, help="Open connections; beyond it uvicorn answers 503.")] = 512,
+    grace_s: Annotated[float, typer.Option(min=0.0, help="On SIGTERM or Ctrl-C: time to answer what is queued "
+                                           "and in flight before exiting.")] = 10.0,
 ):
     """Serve the exported models: a drawing page at / and a JSON API at /v1/predict."""
-    import uvicorn
-
     from digits.serve import ServeConfig, create_app
+    from digits.serve.server import run_server
 
     if backend not in ("onnxruntime", "openvino"):
         raise DigitsError(f"--backend serves exported ONNX files: onnxruntime or openvino, not {backend!r}.", exit_code=2)
     cfg = ServeConfig(artifacts=artifacts, models=[] if models_ == "all" else csv_list(models_, "models"),
                       backend=backend, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                      max_body_bytes=int(max_body_mb * 2**20))
+                      max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue, timeout_ms=timeout_ms,
+                      limit_concurrency=limit_concurrency, grace_s=grace_s)
     application = create_app(cfg)  # loads and sha256-checks every artifact, or refuses to start
     log(f"digits serve: {', '.join(application.state.models)} via {backend} on http://{host}:{port}/ "
-        f"(dynamic batching: up to {max_batch} within {max_wait_ms:g} ms). Ctrl-C stops it.")
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+        f"(dynamic batching: up to {max_batch} within {max_wait_ms:g} ms). Ctrl-C or SIGTERM stops it gracefully.")
+    run_server(application, host=host, port=port, limit_concurrency=limit_concurrency, grace_s=grace_s)

@@ -3,8 +3,12 @@
     GET  /              the drawing page (plain HTML/CSS/JS shipped in digits/serve/static)
     POST /v1/predict    an image (multipart or raw body) or {"image": 28x28 array} -> predictions
     GET  /v1/models     names, params, accuracy, artifact sha256
-    GET  /healthz       liveness
-    GET  /metrics       Prometheus text: requests, latency, batch sizes
+    GET  /readyz        readiness (every batch worker serving, not draining); /healthz the same
+    GET  /livez         liveness
+    GET  /metrics       Prometheus text: requests, latency, batch sizes, failed batches
+
+Admission control, supervision and the batching live in ``digits.serve.batcher``, request
+parsing in ``digits.serve.inputs``, the graceful shutdown in ``digits.serve.server``.
 
 Every model's artifact is loaded, sha256-checked, at start-up. Images go through
 ``digits.preprocess``, exactly as ``digits predict`` does; a 28x28 array is taken as an
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -31,7 +36,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from digits.errors import DigitsError
-from digits.serve.batcher import Batcher
+from digits.serve.batcher import BatchFailed, Batcher, Overloaded, TimedOut, Unavailable
+from digits.serve.inputs import PREDICT_DOC, ApiError, _json, array_input, image_input, multipart_file, read_body
 from digits.serve.metrics import Metrics
 
 STATIC = Path(__file__).parent / "static"
@@ -46,13 +52,12 @@ class ServeConfig:
     max_batch: int = 64  # 1: plain batch-1 serving
     max_wait_ms: float = 2.0
     max_body_bytes: int = 10 * 2**20  # larger bodies get 413 before they are read
+    max_json_bytes: int = 64 * 2**10  # a 28x28 array is under 16 KiB: larger JSON gets 413 unparsed
     max_pixels: int = 16_000_000  # larger images get 413 after the header is read
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+    max_queue: int = 256  # per model; a full queue answers 503 with Retry-After
+    timeout_ms: float = 2000.0  # a request not answered by then gets 504, and its work is skipped
+    limit_concurrency: int = 512  # uvicorn's: connections beyond it get 503 at once
+    grace_s: float = 10.0  # on SIGTERM: time to answer what is queued and in flight
 
 
 def load_models(cfg: ServeConfig) -> dict[str, dict]:
@@ -96,7 +101,8 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
             return backend(torch.from_numpy(batch)).numpy()
         batchers[name] = Batcher(run, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, executor=inference,
                                  on_batch=lambda n, s, name=name: metrics.batch_done(name, n, s),
-                                 others_coming=lambda: arriving[0] > 0)
+                                 others_coming=lambda: arriving[0] > 0, max_queue=cfg.max_queue, name=name,
+                                 on_error=lambda cause, name=name: metrics.error(name, cause))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -108,20 +114,24 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         gc.collect()
         gc.freeze()
         yield
-        for b in batchers.values():
-            await b.stop()
+        # uvicorn has stopped accepting and waited for open connections (--grace-s); answer
+        # whatever is still queued, then stop
+        await asyncio.gather(*(b.stop(cfg.grace_s) for b in batchers.values()))
         inference.shutdown(wait=False)
 
     app = FastAPI(title="digits", version=__import__("digits").__version__, lifespan=lifespan,
                   description="Handwritten-digit recognition on the exported MNIST models.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.metrics, app.state.config, app.state.models = metrics, cfg, list(models)
+    app.state.batchers = batchers
 
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.draining = threading.Event()  # set on SIGTERM (digits.serve.server): not ready, Connection: close
+    app.add_middleware(MetricsMiddleware, metrics=metrics, draining=app.state.draining)
 
     @app.exception_handler(ApiError)
     async def api_error(_request, e: ApiError):
-        return JSONResponse({"error": str(e), "status": e.status}, status_code=e.status)
+        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+        return JSONResponse({"error": str(e), "status": e.status}, status_code=e.status, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(_request, e: Exception):  # never a bare 500 page: a JSON error, and the server goes on
@@ -131,9 +141,25 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
     async def page():
         return FileResponse(STATIC / "index.html")
 
+    def readiness() -> tuple[dict, int]:
+        down = [n for n, b in batchers.items() if not (b.alive and b.accepting)]
+        draining = app.state.draining.is_set()
+        status = "draining" if draining else "not ready" if down else "ok"
+        body = {"status": status, "models": list(models), "not_serving": down,
+                "queue_depth": {n: b.depth() for n, b in batchers.items()}}
+        return body, 503 if down or draining else 200
+
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "models": list(models)}
+        return JSONResponse(*readiness())
+
+    @app.get("/readyz")  # Kubernetes' readiness probe: every model's batch worker is serving
+    async def readyz():
+        return JSONResponse(*readiness())
+
+    @app.get("/livez")  # liveness: the process and its event loop answer
+    async def livez():
+        return {"status": "alive"}
 
     @app.get("/v1/models")
     async def list_models_():
@@ -156,10 +182,23 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         if model != "all" and model not in models:
             raise ApiError(404, f"Unknown model {model!r}: this server has {', '.join(models)} (or 'all').")
 
+    async def answered(name: str, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """Each input's logits, or the HTTP answer admission control or supervision gives."""
+        try:
+            return await asyncio.gather(*(batchers[name].submit(x, cfg.timeout_ms / 1e3) for x in xs))
+        except Overloaded:
+            raise ApiError(503, f"{name} is busy: its queue is full. Retry shortly.", retry_after=1) from None
+        except TimedOut:
+            raise ApiError(504, f"{name} did not answer within {cfg.timeout_ms:g} ms.") from None
+        except Unavailable:
+            raise ApiError(503, f"{name} is not serving (the server is stopping, or not ready).", retry_after=1) from None
+        except BatchFailed:
+            raise ApiError(500, f"{name} failed on this request's batch; the cause is in the server log.") from None
+
     async def _predict(request: Request, model: str, single: bool, unsure_below: float):
         check_model(model)  # before reading a body that would be wasted
-        body = await read_body(request, cfg.max_body_bytes)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await read_body(request, cfg.max_json_bytes if kind == "application/json" else cfg.max_body_bytes)
         if kind == "application/json":
             payload = _json(body)
             model = payload.get("model", model) if isinstance(payload, dict) else model
@@ -174,10 +213,7 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
 
         async def one(name: str) -> dict:
             t0 = time.perf_counter()
-            try:
-                every = await asyncio.gather(*(batchers[name].submit(x) for _, x, _ in found))
-            except Exception as e:  # noqa: BLE001
-                raise ApiError(503, f"{name} failed on this input: {e}") from None
+            every = await answered(name, [x for _, x, _ in found])
             digits = []
             for (box, _, _), logits in zip(found, every, strict=True):
                 z = logits / models[name].get("temperature", 1.0)  # calibrated (digits.calibrate)
@@ -207,15 +243,15 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
     return app
 
 
-ROUTES = ("/", "/v1/predict", "/v1/models", "/healthz", "/metrics")
+ROUTES = ("/", "/v1/predict", "/v1/models", "/healthz", "/readyz", "/livez", "/metrics")
 
 
 class MetricsMiddleware:
     """Counts every response by route and status, and times it: plain ASGI, because
     FastAPI's ``@app.middleware("http")`` costs a task and a stream per request."""
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, draining: threading.Event):
+        self.app, self.metrics, self.draining = app, metrics, draining
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -225,94 +261,11 @@ class MetricsMiddleware:
         async def sending(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if self.draining.is_set():  # shutting down: the client reconnects elsewhere, not on this socket
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
         try:
             await self.app(scope, receive, sending)
         finally:
             route = scope["path"] if scope["path"] in ROUTES else "other"
             self.metrics.request(route, status[0], time.perf_counter() - t0)
-
-
-PREDICT_DOC = {
-    "requestBody": {"required": True, "content": {
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string",
-                                                                                      "format": "binary"}}}},
-        "application/json": {"schema": {"type": "object", "properties": {
-            "image": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
-                      "description": "28x28, white digit on black, 0..1 or 0..255"},
-            "model": {"type": "string"}}}}}},
-    "description": "Any image `digits predict` reads, as a raw body or a multipart `file` field, or a JSON "
-                   "28x28 array. An image is read as a number written left to right (`?single=true`: one digit). "
-                   "`?model=lenet5` answers {model, number, unsure, digits: [{box, prediction, probabilities, "
-                   "unsure}], latency_ms}, plus prediction and probabilities when one digit was read; `all` (the "
-                   "default) answers {results: [...]}. Probabilities are calibrated (temperature scaling); a digit "
-                   "under `?unsure_below=` (0.6) is unsure, a '?' in number. An image upload also gets image28, the "
-                   "28x28 image the models saw (its first digit).",
-}
-
-
-async def read_body(request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"The body is {int(declared):,} bytes; the limit is {limit:,} bytes.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"The body is over the {limit:,}-byte limit.")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body:
-        raise ApiError(400, "The body is empty: send an image, or JSON {\"image\": a 28x28 array}.")
-    return body
-
-
-async def multipart_file(request: Request, body: bytes) -> bytes:
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
-    try:
-        form = await Request(request.scope, replay).form()
-    except Exception as e:  # noqa: BLE001
-        raise ApiError(400, f"The multipart body cannot be parsed ({e}).") from None
-    files = [v for v in form.values() if hasattr(v, "read")]
-    if not files:
-        raise ApiError(400, "The multipart body has no file field (send the image as 'file').")
-    return await files[0].read()
-
-
-def _json(body: bytes):
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise ApiError(400, "The body is not valid JSON.") from None
-
-
-def array_input(image) -> tuple[np.ndarray, np.ndarray]:
-    """A 28x28 array in MNIST's format -> (normalized [1,28,28], the 28x28 image seen)."""
-    from digits.preprocess import normalize28
-
-    try:
-        a = np.asarray(image, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ApiError(422, "'image' must be a 28x28 array of numbers.") from None
-    if a.shape != (28, 28) or not np.isfinite(a).all():
-        raise ApiError(422, f"'image' must be a 28x28 array of finite numbers; got shape {list(a.shape)}.")
-    if a.max() > 1.0:
-        a = a / 255.0
-    a = np.clip(a, 0.0, 1.0)
-    return normalize28(a), a
-
-
-def image_input(body: bytes, max_pixels: int, single: bool = False) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
-    """Image bytes -> ``digits.preprocess`` (as `digits predict`) -> every digit found, left to
-    right: ``[(box, normalized [1,28,28], 28x28 seen)]``."""
-    from digits.preprocess import ImageError, TooLarge, load_image, normalize28, preprocess_all
-
-    try:
-        digits, _ = preprocess_all(*load_image(body, max_pixels=max_pixels), single=single)
-    except TooLarge as e:
-        raise ApiError(413, f"The image {e}.") from None
-    except ImageError as e:
-        raise ApiError(422, f"The upload cannot be used: {e}.") from None
-    return [(list(box), normalize28(img28), img28) for box, img28 in digits]

@@ -35,6 +35,7 @@ class Metrics:
         self.latency: dict[str, Histogram] = {}
         self.batch: dict[str, Histogram] = {}
         self.inference: dict[str, Histogram] = {}
+        self.errors: dict[tuple[str, str], int] = defaultdict(int)  # (model, cause) -> failed batches
 
     def request(self, route: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -46,11 +47,18 @@ class Metrics:
             self.batch.setdefault(model, Histogram(BATCH_BUCKETS)).observe(size)
             self.inference.setdefault(model, Histogram(LATENCY_BUCKETS)).observe(seconds)
 
+    def error(self, model: str, cause: str) -> None:
+        with self.lock:
+            self.errors[model, cause] += 1
+
     def text(self) -> str:
         with self.lock:
             lines = ["# HELP digits_requests_total HTTP requests by route and status code.",
                      "# TYPE digits_requests_total counter"]
             lines += [f'digits_requests_total{{route="{r}",status="{s}"}} {n}' for (r, s), n in sorted(self.requests.items())]
+            lines += ["# HELP digits_batch_errors_total Failed batches by model and the step that failed.",
+                      "# TYPE digits_batch_errors_total counter"]
+            lines += [f'digits_batch_errors_total{{model="{m}",cause="{c}"}} {n}' for (m, c), n in sorted(self.errors.items())]
             for name, help_, table, key in (
                     ("digits_request_seconds", "Request latency, whole request.", self.latency, "route"),
                     ("digits_batch_size", "Images per runtime call (dynamic batching).", self.batch, "model"),

@@ -1,0 +1,101 @@
+"""Request parsing for `digits serve`: bodies under a size cap, multipart files, JSON arrays,
+and images through the same preprocessing as `digits predict`; every bad input is an
+:class:`ApiError` with its HTTP status."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from fastapi import Request
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+PREDICT_DOC = {
+    "requestBody": {"required": True, "content": {
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string",
+                                                                                      "format": "binary"}}}},
+        "application/json": {"schema": {"type": "object", "properties": {
+            "image": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                      "description": "28x28, white digit on black, 0..1 or 0..255"},
+            "model": {"type": "string"}}}}}},
+    "description": "Any image `digits predict` reads, as a raw body or a multipart `file` field, or a JSON "
+                   "28x28 array. An image is read as a number written left to right (`?single=true`: one digit). "
+                   "`?model=lenet5` answers {model, number, unsure, digits: [{box, prediction, probabilities, "
+                   "unsure}], latency_ms}, plus prediction and probabilities when one digit was read; `all` (the "
+                   "default) answers {results: [...]}. Probabilities are calibrated (temperature scaling); a digit "
+                   "under `?unsure_below=` (0.6) is unsure, a '?' in number. An image upload also gets image28, the "
+                   "28x28 image the models saw (its first digit).",
+}
+
+
+async def read_body(request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"The body is {int(declared):,} bytes; the limit is {limit:,} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"The body is over the {limit:,}-byte limit.")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise ApiError(400, "The body is empty: send an image, or JSON {\"image\": a 28x28 array}.")
+    return body
+
+
+async def multipart_file(request: Request, body: bytes) -> bytes:
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+    try:
+        form = await Request(request.scope, replay).form()
+    except Exception as e:  # noqa: BLE001
+        raise ApiError(400, f"The multipart body cannot be parsed ({e}).") from None
+    files = [v for v in form.values() if hasattr(v, "read")]
+    if not files:
+        raise ApiError(400, "The multipart body has no file field (send the image as 'file').")
+    return await files[0].read()
+
+
+def _json(body: bytes):
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ApiError(400, "The body is not valid JSON.") from None
+
+
+def array_input(image) -> tuple[np.ndarray, np.ndarray]:
+    """A 28x28 array in MNIST's format -> (normalized [1,28,28], the 28x28 image seen)."""
+    from digits.preprocess import normalize28
+
+    try:
+        a = np.asarray(image, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ApiError(422, "'image' must be a 28x28 array of numbers.") from None
+    if a.shape != (28, 28) or not np.isfinite(a).all():
+        raise ApiError(422, f"'image' must be a 28x28 array of finite numbers; got shape {list(a.shape)}.")
+    if a.max() > 1.0:
+        a = a / 255.0
+    a = np.clip(a, 0.0, 1.0)
+    return normalize28(a), a
+
+
+def image_input(body: bytes, max_pixels: int, single: bool = False) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """Image bytes -> ``digits.preprocess`` (as `digits predict`) -> every digit found, left to
+    right: ``[(box, normalized [1,28,28], 28x28 seen)]``."""
+    from digits.preprocess import ImageError, TooLarge, load_image, normalize28, preprocess_all
+
+    try:
+        digits, _ = preprocess_all(*load_image(body, max_pixels=max_pixels), single=single)
+    except TooLarge as e:
+        raise ApiError(413, f"The image {e}.") from None
+    except ImageError as e:
+        raise ApiError(422, f"The upload cannot be used: {e}.") from None
+    return [(list(box), normalize28(img28), img28) for box, img28 in digits]
