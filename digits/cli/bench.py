@@ -21,7 +21,11 @@ from digits.models import list_models
 from digits.ui import emit_json, err, guard, log, out
 
 
-@app.command()
+@app.command(help=('Measure accuracy, latency and throughput for models x backends x batch sizes.\n\n'
+              'Exit 0 when every cell that ran passed parity against eager FP32 on the device; exit 1 when any '
+              'cell missed parity (the results, table and reasons are still written), or, with --strict, when '
+              'any cell failed. A cell whose optional runtime is not installed (OpenVINO, onnxruntime-gpu) is '
+              'listed as missing and changes the exit code only with --strict.'))
 @guard
 def bench(
     models_: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = ",".join(list_models()),
@@ -36,7 +40,7 @@ def bench(
     threads: Annotated[int | None, typer.Option(show_default=False,
                                                 help="Threads for torch and onnxruntime (default: all cores).")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up calls per cell, after the first call.")] = 10,
-    min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell (all rounds).")] = 0.5,
+    min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell (all rounds; half latency, half throughput).")] = 0.5,
     rounds: Annotated[int, typer.Option(help="Interleaved passes over all cells; samples are pooled.")] = 5,
     checkpoint: CheckpointDir = Path("artifacts"),
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
@@ -49,12 +53,6 @@ def bench(
     as_json: JsonFlag = False,
 ):
     """Measure accuracy, latency and throughput for models x backends x batch sizes.
-
-    Exit 0 when every cell that ran passed parity against eager FP32 on the device; exit 1
-    when any cell missed parity (the results, table and reasons are still written), or,
-    with --strict, when any cell failed. A cell whose optional runtime is not installed
-    (OpenVINO, onnxruntime-gpu) is listed as missing and changes the exit code only with
-    --strict.
     """
     from digits.bench.report import cell_label, missed_parity, write_report, write_samples
     from digits.bench.report import table as bench_table

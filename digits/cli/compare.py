@@ -12,7 +12,11 @@ from digits.errors import DigitsError, UsageError
 from digits.ui import emit_json, guard, log, out, table
 
 
-@app.command()
+@app.command(help=('Compare two bench runs (ratio of medians, 95% CI, significance), or merge several.\n\n'
+              'Exit 0 when no matched cell changed significantly by more than --tolerance, 1 when one did (a '
+              'gate for CI), 2 on bad usage. A run compared with itself shows no significant difference. '
+              'Per-call latencies are used when both runs wrote --samples files beside their JSON, else each '
+              "run's per-round p50s."))
 @guard
 def compare(
     files: Annotated[list[Path], typer.Argument(help="`digits bench` JSON files: BEFORE AFTER, or several with --merge.")],
@@ -26,11 +30,6 @@ def compare(
     as_json: JsonFlag = False,
 ):
     """Compare two bench runs (ratio of medians, 95% CI, significance), or merge several.
-
-    Exit 0 when no matched cell changed significantly by more than --tolerance, 1 when one
-    did (a gate for CI), 2 on bad usage. A run compared with itself shows no significant
-    difference. Per-call latencies are used when both runs wrote --samples files beside
-    their JSON, else each run's per-round p50s.
     """
     from digits.bench.compare import compare_runs, load_run
     from digits.bench.compare import merge as merge_runs
