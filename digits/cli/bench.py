@@ -40,7 +40,8 @@ def bench(
     threads: Annotated[int | None, typer.Option(show_default=False,
                                                 help="Threads for torch and onnxruntime (default: all cores).")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up calls per cell, after the first call.")] = 10,
-    min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell (all rounds; half latency, half throughput).")] = 0.5,
+    min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell (all rounds; half "
+                                            "latency, half throughput).")] = 0.5,
     rounds: Annotated[int, typer.Option(help="Interleaved passes over all cells; samples are pooled.")] = 5,
     checkpoint: CheckpointDir = Path("artifacts"),
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
