@@ -162,7 +162,11 @@ def test_http_a_failed_batch_is_a_generic_500_and_counted(faulty_app):
         assert r.status_code == 500 and "internal" not in r.json()["error"] and "server log" in r.json()["error"]
         flaky.fail = False
         assert c.post("/v1/predict?model=lenet5", json={"image": np.zeros((28, 28)).tolist()}).status_code == 200
-        assert 'digits_batch_errors_total{model="lenet5",cause="runtime"} 1' in c.get("/metrics").text
+        from prometheus_client.parser import text_string_to_metric_families
+
+        errors = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(c.get("/metrics").text)
+                  for s in f.samples if s.name == "digits_batch_errors_total"}
+        assert errors == {(("cause", "runtime"), ("model", "lenet5")): 1.0}
 
 
 def test_http_a_large_json_body_is_refused_unparsed(faulty_app):

@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from digits.errors import DigitsError
 from digits.serve.batcher import BatchFailed, Batcher, Overloaded, TimedOut, Unavailable
 from digits.serve.inputs import PREDICT_DOC, ApiError, _json, array_input, image_input, multipart_file, read_body
-from digits.serve.metrics import Metrics
+from digits.serve.metrics import CONTENT_TYPE, Metrics
 
 STATIC = Path(__file__).parent / "static"
 
@@ -92,9 +92,9 @@ def load_models(cfg: ServeConfig) -> dict[str, dict]:
 
 def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastAPI:
     models = models if models is not None else load_models(cfg)
-    metrics = Metrics()
-    inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digits-infer")  # one runtime call at a time
     batchers: dict[str, Batcher] = {}
+    metrics = Metrics(queue_depth=lambda: {n: b.depth() for n, b in batchers.items()})
+    inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digits-infer")  # one runtime call at a time
     arriving = [0]  # requests received but not yet queued (body, parsing, preprocessing)
     for name, m in models.items():
         def run(batch: np.ndarray, backend=m["backend"]) -> np.ndarray:
@@ -168,7 +168,7 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
-        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.text(), media_type=CONTENT_TYPE)
 
     @app.post("/v1/predict", openapi_extra=PREDICT_DOC)
     async def predict(request: Request, model: str = "all", single: bool = False, unsure_below: float = 0.6):
