@@ -5,8 +5,11 @@
 Starts `digits serve` twice on a free loopback port (``--max-batch 1``: batch-1 serving,
 then ``--max-batch 64 --max-wait-ms 2``: dynamic batching), sends a fixed number of
 POST /v1/predict requests (one MNIST test digit as a JSON 28x28 array, for one model)
-at each concurrency, and writes results/serve-cpu-<date>.{json,md}: requests/s, p50/p99
-latency and errors per mode and concurrency, with the machine that made them.
+at each concurrency (closed loop), then, with dynamic batching, an open-loop sweep of
+Poisson arrival rates (latency from each request's intended send time) up to the rates
+whose p99 passes 50 ms. Writes results/serve-cpu-<date>.{json,md}: requests/s, p50/p99
+latency and errors per mode and concurrency, the open-loop levels and the highest rate
+with p99 < 50 ms, with the machine that made them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,7 +29,7 @@ from digits.bench.runner import cpu_name
 from digits.checkpoint import now_iso
 from digits.data import MEAN, STD, default_root, load_test
 from digits.export import runtime_versions
-from digits.serve.load import run_load
+from digits.serve.load import run_load, run_open_loop
 
 MODES = {"batch-1": ["--max-batch", "1"], "dynamic": ["--max-batch", "64", "--max-wait-ms", "2"]}
 
@@ -38,14 +42,18 @@ def free_port() -> int:
 
 def start(args: list[str], port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from digits.cli import app; app()", "serve", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # The server's stderr goes to a file, never an unread pipe: under a flood uvicorn logs a
+    # warning per refused request, and a full pipe would block the server on that write.
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stderr=log, text=True)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"digits serve did not start: {proc.stderr.read()}") from None
+                log.seek(0)
+                raise SystemExit(f"digits serve did not start: {log.read()[-2000:]}") from None
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("digits serve did not answer /healthz within 60 s")
@@ -59,7 +67,10 @@ def main() -> None:
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000])
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds per open-loop rate")
     args = ap.parse_args()
+    open_loop: list[dict] = []
 
     x, y = load_test(args.data_dir or default_root())
     image = (x[0, 0].numpy() * STD + MEAN).clip(0, 1).round(4).tolist()  # the first test digit (a 7), 0..1
@@ -76,18 +87,41 @@ def main() -> None:
                 rows.append({"mode": mode, **r})
                 print(f"{mode:8} c={c:3} {r['requests_per_s']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
                       f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
-            batches = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            if mode == "dynamic":
+                open_loop = sweep(port, f"/v1/predict?model={args.model}", body, args.rates, args.duration)
+            batches = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
             rows[-1]["metrics_batch_size"] = [ln for ln in batches.splitlines() if ln.startswith("digits_batch_size_")]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     env = {"date": now_iso(), "cpu": cpu_name(), **runtime_versions(), "model": args.model,
-           "requests_per_level": args.requests, "payload": "JSON 28x28 array (MNIST test digit 0)"}
+           "requests_per_level": args.requests, "payload": "JSON 28x28 array (MNIST test digit 0)",
+           "open_loop_seconds_per_rate": args.duration}
+    ok = [r for r in open_loop if r["errors"] == 0 and r["unanswered"] == 0 and r["p99_ms"] < P99_LIMIT_MS]
+    result = {"environment": env, "rows": rows, "open_loop": open_loop,
+              "open_loop_max_rate_p99_under_50ms": max((r["rate_per_s"] for r in ok), default=None)}
     stem = args.out / f"serve-cpu-{env['date'][:10]}"
-    print(atomic_write_result(stem, {"environment": env, "rows": rows}, to_markdown(env, rows))[1].read_text())
+    print(atomic_write_result(stem, result, to_markdown(env, rows, result))[1].read_text())
 
 
-def to_markdown(env: dict, rows: list[dict]) -> str:
+P99_LIMIT_MS = 50.0
+
+
+def sweep(port: int, path: str, body: bytes, rates: list[float], duration: float) -> list[dict]:
+    """Open-loop levels in increasing rate, until two in a row miss p99 < 50 ms (or err)."""
+    levels, misses = [], 0
+    for rate in rates:
+        r = run_open_loop("127.0.0.1", port, path, body, rate=rate, duration=duration)
+        levels.append(r)
+        print(f"open loop {rate:6.0f}/s: answered {r['answered']}/{r['sent']}  p50 {r['p50_ms']:.2f} ms  "
+              f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
+        misses = misses + 1 if r["errors"] or r["unanswered"] or r["p99_ms"] >= P99_LIMIT_MS else 0
+        if misses == 2:
+            break
+    return levels
+
+
+def to_markdown(env: dict, rows: list[dict], result: dict) -> str:
     lines = [f"# digits serve load test: {env['cpu']}, {env['date']}", "",
              f"Model {env['model']} via onnxruntime {env['onnxruntime']}; {env['requests_per_level']} requests per level; "
              f"payload: {env['payload']}; client and server on the same machine.", "",
@@ -95,6 +129,13 @@ def to_markdown(env: dict, rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['mode']} | {r['concurrency']} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {r['errors']} |")
+    lines += ["", f"Open loop (dynamic batching): Poisson arrivals at a fixed rate for {env['open_loop_seconds_per_rate']:g} s "
+              "per level, latency from each request's intended send time. Highest rate with p99 < 50 ms and no "
+              f"errors: **{result['open_loop_max_rate_p99_under_50ms'] or 'none'}** requests/s.", "",
+              "| rate /s | sent | answered | p50 ms | p99 ms | max ms | errors |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["open_loop"]:
+        lines.append(f"| {r['rate_per_s']:,.0f} | {r['sent']} | {r['answered']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['max_ms']:.2f} | {r['errors']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -280,3 +280,27 @@ def _metrics(text: str) -> dict:
 
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_load_generators_closed_and_open_loop(live_server, test_set):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digits.errors import UsageError
+    from digits.serve.load import run_load, run_open_loop
+
+    port = int(live_server.rsplit(":", 1)[1])
+    digit = (test_set[0][0, 0].numpy() * STD + MEAN).clip(0, 1).round(3).tolist()
+    body = json.dumps({"image": digit}).encode()
+    # in a thread of their own, as in their own process: the browser tests' sync Playwright keeps an
+    # event loop on this module's main thread, and asyncio.run refuses to nest in it
+    with ThreadPoolExecutor(1) as pool:
+        closed = pool.submit(run_load, "127.0.0.1", port, "/v1/predict?model=lenet5", body, concurrency=4,
+                             requests=40).result()
+        opened = pool.submit(run_open_loop, "127.0.0.1", port, "/v1/predict?model=lenet5", body, rate=60,
+                             duration=1.0).result()
+    assert closed["requests"] == 40 and closed["errors"] == 0 and closed["p99_ms"] >= closed["p50_ms"] > 0
+    # Poisson arrivals at 60/s for 1 s: about 60 sent (a 5-sigma band), every one answered
+    assert 25 <= opened["sent"] <= 100 and opened["answered"] == opened["sent"] and opened["errors"] == 0
+    assert opened["p99_ms"] >= opened["p50_ms"] > 0
+    with pytest.raises(UsageError, match="only targets this machine"):
+        run_open_loop("example.invalid", port, "/", body, rate=1)  # refused before any connection

@@ -1,6 +1,7 @@
-"""A bounded load generator for a local ``digits serve``: N requests at concurrency C.
+"""Bounded load generators for a local ``digits serve``: closed loop (N requests at
+concurrency C) and open loop (:func:`run_open_loop`, Poisson arrivals at a fixed rate).
 
-Each of C workers holds one keep-alive HTTP/1.1 connection and sends its share of the N
+In the closed loop, each of C workers holds one keep-alive HTTP/1.1 connection and sends its share of the N
 requests back to back; latency is per request on the client, from the first byte sent
 to the last byte read. Only loopback hosts are accepted: this measures the server on
 this machine, and never sends traffic anywhere else. A time limit bounds every run.
@@ -73,6 +74,92 @@ def run_load(host: str, port: int, path: str, body: bytes, *, content_type: str 
     gc.disable()  # a collection in the client would be timed as the server's latency (as the bench timer does)
     try:
         return asyncio.run(_run(host, port, path, body, content_type, concurrency, requests, time_limit))
+    finally:
+        if was:
+            gc.enable()
+
+
+# --------------------------------------------------------------------------- open loop
+async def _send(conn, request: bytes) -> tuple[bytes, bool]:
+    """(status line, whether the server closes the connection after it)."""
+    reader, writer = conn
+    writer.write(request)
+    await writer.drain()
+    status_line = await reader.readline()
+    length, close = 0, False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        close |= name.lower() == "connection" and value.strip().lower() == "close"
+    await reader.readexactly(length)
+    return status_line, close
+
+
+async def _open_loop(host, port, request, rate, duration, seed, time_limit):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter() + 0.05
+    gaps = rng.exponential(1 / rate, int(rate * duration * 1.5) + 20)
+    arrivals = [start + t for t in np.cumsum(gaps) if t < duration]
+    idle: list = []
+    opened: list = []  # every connection, so that none outlives the run (a cut-off level leaves some mid-request)
+    lat: list[float] = []
+    errors: list[str] = []
+
+    async def one(intended: float) -> None:
+        if (delay := intended - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        conn = idle.pop() if idle else None
+        try:
+            if conn is None:
+                conn = await asyncio.open_connection(host, port)
+                opened.append(conn)
+            status, close = await _send(conn, request)
+            lat.append((time.perf_counter() - intended) * 1e3)  # from when it should have been sent
+            if not status.startswith(b"HTTP/1.1 200"):
+                errors.append(status.decode("latin-1").strip())
+            if close:
+                conn[1].close()
+            else:
+                idle.append(conn)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+            if conn:
+                conn[1].close()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(t) for t in arrivals)), duration + time_limit)
+    except asyncio.TimeoutError:
+        errors.append("time limit")
+    for _, writer in opened:
+        writer.close()
+    s = sorted(lat)
+    return {"rate_per_s": rate, "sent": len(arrivals), "answered": len(lat), "unanswered": len(arrivals) - len(lat),
+            "errors": len(errors),
+            "error_examples": sorted(set(errors))[:3], "achieved_per_s": len(lat) / duration,
+            "p50_ms": percentile(s, 50) if s else None, "p99_ms": percentile(s, 99) if s else None,
+            "max_ms": s[-1] if s else None}
+
+
+def run_open_loop(host: str, port: int, path: str, body: bytes, *, rate: float, duration: float = 5.0,
+                  content_type: str = "application/json", seed: int = 0, time_limit: float = 30.0) -> dict:
+    """Requests sent at Poisson arrival times of mean ``rate`` per second for ``duration`` s,
+    whatever the server's answers do (an open loop, as a crowd of independent clients sends;
+    a closed loop waits for each answer and so hides queueing: coordinated omission).
+    Latency counts from each request's *intended* send time. Connections are reused when
+    free and opened when not. Loopback only; bounded by ``time_limit`` past ``duration``."""
+    if host not in LOOPBACK:
+        raise UsageError(f"The load generator only targets this machine ({', '.join(LOOPBACK)}), not {host!r}.")
+    if rate <= 0 or duration <= 0:
+        raise UsageError("rate and duration must be positive.")
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return asyncio.run(_open_loop(host, port, request, rate, duration, seed, time_limit))
     finally:
         if was:
             gc.enable()
