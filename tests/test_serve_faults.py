@@ -4,6 +4,7 @@ worker, readiness, and a graceful shutdown under load (nothing lost, nothing han
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,3 +263,16 @@ def test_sigterm_under_load_answers_every_request_and_exits_0(served):
     assert len(before) > 50 and set(before) <= {200, 503}, set(map(str, before))
     assert sum(t0 < t < t0 + 0.4 for t, _ in outcomes) > 0  # requests did arrive while draining
     assert all(t >= t0 + 0.4 for t, o in outcomes if o not in (200, 503))
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_under_concurrent_large_uploads(served, tmp_path):
+    """scripts/serve_memory.py at 24 clients: every 16-MP upload answered, memory far under a
+    full-size decode per request (a 16-MP float32 RGB array alone is 192 MB; 24 of them 4.6 GB)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "serve_memory.py"
+    done = subprocess.run([sys.executable, str(script), "--clients", "24", "--artifacts", str(served), "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(next(tmp_path.glob("serve-memory-*.json")).read_text())
+    assert r["status_codes"] == {"200": 24} and r["jpeg_bytes"] > 2_000_000
+    assert r["peak_above_idle_mb"] < 600, r

@@ -29,6 +29,7 @@ def serve(
     limit_concurrency: Annotated[int, typer.Option(min=1, help="Open connections; beyond it uvicorn answers 503.")] = 512,
     grace_s: Annotated[float, typer.Option(min=0.0, help="On SIGTERM or Ctrl-C: time to answer what is queued "
                                            "and in flight before exiting.")] = 10.0,
+    decode_concurrency: Annotated[int, typer.Option(min=1, help="Uploaded images decoded at once (bounds memory).")] = 4,
 ):
     """Serve the exported models: a drawing page at / and a JSON API at /v1/predict."""
     from digits.serve import ServeConfig, create_app
@@ -39,7 +40,7 @@ def serve(
     cfg = ServeConfig(artifacts=artifacts, models=[] if models_ == "all" else csv_list(models_, "models"),
                       backend=backend, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue, timeout_ms=timeout_ms,
-                      limit_concurrency=limit_concurrency, grace_s=grace_s)
+                      limit_concurrency=limit_concurrency, grace_s=grace_s, decode_concurrency=decode_concurrency)
     application = create_app(cfg)  # loads and sha256-checks every artifact, or refuses to start
     log(f"digits serve: {', '.join(application.state.models)} via {backend} on http://{host}:{port}/ "
         f"(dynamic batching: up to {max_batch} within {max_wait_ms:g} ms). Ctrl-C or SIGTERM stops it gracefully.")

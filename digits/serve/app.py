@@ -58,6 +58,7 @@ class ServeConfig:
     timeout_ms: float = 2000.0  # a request not answered by then gets 504, and its work is skipped
     limit_concurrency: int = 512  # uvicorn's: connections beyond it get 503 at once
     grace_s: float = 10.0  # on SIGTERM: time to answer what is queued and in flight
+    decode_concurrency: int = 4  # images decoded at once (Starlette's pool would run 40): bounds memory
 
 
 def load_models(cfg: ServeConfig) -> dict[str, dict]:
@@ -96,6 +97,7 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
     metrics = Metrics(queue_depth=lambda: {n: b.depth() for n, b in batchers.items()})
     inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digits-infer")  # one runtime call at a time
     arriving = [0]  # requests received but not yet queued (body, parsing, preprocessing)
+    decode_slots: list[asyncio.Semaphore] = []  # made in the server's own event loop, at start-up
     for name, m in models.items():
         def run(batch: np.ndarray, backend=m["backend"]) -> np.ndarray:
             return backend(torch.from_numpy(batch)).numpy()
@@ -106,6 +108,7 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app):
+        decode_slots[:] = [asyncio.Semaphore(cfg.decode_concurrency)]
         for b in batchers.values():
             b.start()
         # Everything loaded so far (torch, onnxruntime, the app) lives as long as the
@@ -207,7 +210,9 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         else:
             if kind == "multipart/form-data":
                 body = await multipart_file(request, body)
-            found = await run_in_threadpool(image_input, body, cfg.max_pixels, single)
+            async with decode_slots[0]:  # a few at a time: each decode holds a photo's pixels for a moment
+                found = await run_in_threadpool(image_input, body, cfg.max_pixels, single)
+            del body  # the upload's bytes are not needed past decoding
         check_model(model)  # a JSON body may name the model too
         names = list(models) if model == "all" else [model]
 
