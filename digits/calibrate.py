@@ -70,3 +70,19 @@ def calibration(val_logits: torch.Tensor, val_y: torch.Tensor, test_logits: torc
 def temperature_of(manifest: dict) -> float:
     """A checkpoint's temperature (1.0 for checkpoints trained before calibration existed)."""
     return float((manifest.get("calibration") or {}).get("temperature", 1.0))
+
+
+def read_digits(boxes: list, logits, temperature: float = 1.0, unsure_below: float = UNSURE_BELOW) -> dict:
+    """Digits found left to right and their logits -> what `digits predict` and the API answer:
+    ``{number, unsure, digits: [{box, prediction, probabilities, unsure}]}``, calibrated by
+    ``temperature``, "?" in ``number`` for an unsure digit, plus ``prediction`` and
+    ``probabilities`` at the top level when one digit was read."""
+    probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32) / temperature, dim=1)
+    digits = [{"box": None if box is None else list(box), "prediction": int(p.argmax()),
+               "probabilities": [round(float(v), 6) for v in p], "unsure": bool(p.max() < unsure_below)}
+              for box, p in zip(boxes, probs, strict=True)]
+    out = {"number": "".join("?" if d["unsure"] else str(d["prediction"]) for d in digits),
+           "unsure": any(d["unsure"] for d in digits), "digits": digits}
+    if len(digits) == 1:
+        out.update(prediction=digits[0]["prediction"], probabilities=digits[0]["probabilities"])
+    return out

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from digits._io import atomic_write
-from digits.calibrate import UNSURE_BELOW, temperature_of
+from digits.calibrate import UNSURE_BELOW, read_digits, temperature_of
 from digits.checkpoint import checkpoint_dir, read_manifest
 from digits.errors import DigitsError, UsageError
 from digits.preprocess import ImageError, load_image, normalize28, preprocess_all
@@ -90,20 +90,10 @@ def predict_files(paths: list[str | os.PathLike], *, model: str = "lenet5", back
         crops = [img for _, digits, _, _ in found for _, img in digits]
         temperature = temperature_of(read_manifest(checkpoint_dir(checkpoint, model), model))
         logits = runner(torch.from_numpy(np.stack([normalize28(im) for im in crops]))).float()
-        probs = torch.softmax(logits / temperature, dim=1)
         i = 0
         for r, digits, located, gray in found:
-            r["digits"] = []
-            for box, _ in digits:
-                p = probs[i]
-                i += 1
-                r["digits"].append({"box": list(box), "prediction": int(p.argmax()),
-                                    "probabilities": [round(float(v), 6) for v in p],
-                                    "unsure": bool(p.max() < unsure_below)})
-            r["number"] = "".join("?" if d["unsure"] else str(d["prediction"]) for d in r["digits"])
-            r["unsure"] = any(d["unsure"] for d in r["digits"])
-            if len(r["digits"]) == 1:
-                r["prediction"], r["probabilities"] = r["digits"][0]["prediction"], r["digits"][0]["probabilities"]
+            r.update(read_digits([box for box, _ in digits], logits[i:i + len(digits)], temperature, unsure_below))
+            i += len(digits)
             if save_preprocessed:
                 path = save_preprocessed / f"{Path(r['path']).stem}.png"
                 _save_png(path, mosaic(gray, located, [img for _, img in digits]))

@@ -7,7 +7,8 @@ times, then profiles with ``torch.profiler``:
   OneCycle), eager and as a replayed CUDA graph (digits.train_step.StaticStep);
 - one inference call at batch 1 and 256, eager and replayed as a CUDA graph.
 
-``wall_us`` is host time per step over N back-to-back steps with one sync at the end;
+``wall_us`` is host time per step over N back-to-back steps with one sync at the end
+(digits.bench.timing's throughput phase);
 ``kernel_us`` is the summed duration of the GPU kernels and copies of one step, from the
 profiler. A wall time far above the kernel time is launch-bound: the GPU waits for the host.
 """
@@ -19,7 +20,6 @@ import functools
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,15 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _per_step(fn, n: int) -> float:
-    """Host microseconds per call over ``n`` back-to-back calls, one sync at the end."""
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e6
+    """Host microseconds per call over ``n`` back-to-back calls, one sync at the end: the
+    throughput phase of the one timer (digits.bench.timing)."""
+    from digits.bench.timing import measure
+
+    return 1e6 / measure(fn, device="cuda", warmup=10, min_iters=n, min_time=0.0).calls_per_second()
 
 
 def _kernels(fn, n: int = 20) -> tuple[float, float]:

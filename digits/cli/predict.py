@@ -15,6 +15,7 @@ from digits.cli._common import (
     data_root,
     app,
 )
+from digits.calibrate import UNSURE_BELOW
 from digits.errors import DigitsError
 from digits.ui import emit_json, guard, log, out, table
 
@@ -31,9 +32,8 @@ def predict(
     save_preprocessed: Annotated[Path | None, typer.Option(show_default=False, help="Write a mosaic per file here: the "
                                                            "image, flattened, ink mask, chosen boxes, each 28x28.")] = None,
     single: Annotated[bool, typer.Option("--single", help="Read one digit per image, not a number.")] = False,
-    # the default is digits.calibrate.UNSURE_BELOW, written out so that --help needs no torch import
     unsure_below: Annotated[float, typer.Option(min=0, max=1, help="Say 'unsure' (a '?' in a number) when a digit's "
-                                                "calibrated top probability is under this; 0: never.")] = 0.6,
+                                                "calibrated top probability is under this; 0: never.")] = UNSURE_BELOW,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ):

@@ -35,6 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from digits.calibrate import UNSURE_BELOW, read_digits
 from digits.errors import DigitsError
 from digits.serve.batcher import BatchFailed, Batcher, Overloaded, TimedOut, Unavailable
 from digits.serve.inputs import PREDICT_DOC, ApiError, _json, array_input, image_input, multipart_file, read_body
@@ -174,7 +175,7 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         return PlainTextResponse(metrics.text(), media_type=CONTENT_TYPE)
 
     @app.post("/v1/predict", openapi_extra=PREDICT_DOC)
-    async def predict(request: Request, model: str = "all", single: bool = False, unsure_below: float = 0.6):
+    async def predict(request: Request, model: str = "all", single: bool = False, unsure_below: float = UNSURE_BELOW):
         arriving[0] += 1  # the batchers wait for more only while others are on their way
         try:
             return await _predict(request, model, single, unsure_below)
@@ -219,19 +220,10 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         async def one(name: str) -> dict:
             t0 = time.perf_counter()
             every = await answered(name, [x for _, x, _ in found])
-            digits = []
-            for (box, _, _), logits in zip(found, every, strict=True):
-                z = logits / models[name].get("temperature", 1.0)  # calibrated (digits.calibrate)
-                probs = np.exp(z - z.max())
-                probs = probs / probs.sum()
-                digits.append({"box": box, "prediction": int(probs.argmax()),
-                               "probabilities": [round(float(p), 6) for p in probs],
-                               "unsure": bool(probs.max() < unsure_below)})
-            answer = {"model": name, "number": "".join("?" if d["unsure"] else str(d["prediction"]) for d in digits),
-                      "unsure": any(d["unsure"] for d in digits), "digits": digits,
-                      "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
-            if len(digits) == 1:  # one digit: its answer at the top level too, as before numbers were read
-                answer.update(prediction=digits[0]["prediction"], probabilities=digits[0]["probabilities"])
+            # calibrated by the checkpoint's temperature, as `digits predict` reads them (digits.calibrate)
+            read = read_digits([box for box, _, _ in found], np.stack(every), models[name].get("temperature", 1.0),
+                               unsure_below)
+            answer = {"model": name, **read, "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
             return answer
         seen = found[0][2]
         arriving[0] -= 1  # queued now: no longer a reason for the batchers to wait

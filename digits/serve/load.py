@@ -20,35 +20,64 @@ from digits.errors import UsageError
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _loopback_only(host: str) -> None:
+    if host not in LOOPBACK:
+        raise UsageError(f"The load generator only targets this machine ({', '.join(LOOPBACK)}), not {host!r}.")
+
+
+def _request(host: str, port: int, path: str, body: bytes, content_type: str) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
+
+
+def _without_gc(coro):
+    """Run ``coro`` with the collector off: a collection in the client would be timed as the
+    server's latency (as the bench timer does)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return asyncio.run(coro)
+    finally:
+        if was:
+            gc.enable()
+
+
+async def _send(conn, request: bytes) -> tuple[bytes, bool]:
+    """(status line, whether the server closes the connection after it)."""
+    reader, writer = conn
+    writer.write(request)
+    await writer.drain()
+    status_line = await reader.readline()
+    length, close = 0, False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        close |= name.lower() == "connection" and value.strip().lower() == "close"
+    await reader.readexactly(length)
+    return status_line, close
+
+
 async def _worker(host: str, port: int, request: bytes, count: int, deadline: float, lat: list, errors: list):
-    reader, writer = await asyncio.open_connection(host, port)
+    conn = await asyncio.open_connection(host, port)
     try:
         for _ in range(count):
             if time.perf_counter() > deadline:
                 errors.append("time limit")
                 return
             t0 = time.perf_counter()
-            writer.write(request)
-            await writer.drain()
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            status_line, _ = await _send(conn, request)
             lat.append((time.perf_counter() - t0) * 1e3)
             if not status_line.startswith(b"HTTP/1.1 200"):
                 errors.append(status_line.decode("latin-1").strip())
     except (OSError, asyncio.IncompleteReadError) as e:
         errors.append(f"{type(e).__name__}: {e}")
     finally:
-        writer.close()
+        conn[1].close()
 
 
 async def _run(host, port, path, body, content_type, concurrency, requests, time_limit):
-    request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-               f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
+    request = _request(host, port, path, body, content_type)
     share = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
     lat: list[float] = []
     errors: list[str] = []
@@ -66,36 +95,13 @@ async def _run(host, port, path, body, content_type, concurrency, requests, time
 def run_load(host: str, port: int, path: str, body: bytes, *, content_type: str = "application/json",
              concurrency: int = 1, requests: int = 1000, time_limit: float = 120.0) -> dict:
     """``{concurrency, requests, errors, requests_per_s, p50_ms, p99_ms, ...}`` for one load level."""
-    if host not in LOOPBACK:
-        raise UsageError(f"The load generator only targets this machine ({', '.join(LOOPBACK)}), not {host!r}.")
+    _loopback_only(host)
     if concurrency < 1 or requests < 1:
         raise UsageError("concurrency and requests must be at least 1.")
-    was = gc.isenabled()
-    gc.disable()  # a collection in the client would be timed as the server's latency (as the bench timer does)
-    try:
-        return asyncio.run(_run(host, port, path, body, content_type, concurrency, requests, time_limit))
-    finally:
-        if was:
-            gc.enable()
+    return _without_gc(_run(host, port, path, body, content_type, concurrency, requests, time_limit))
 
 
 # --------------------------------------------------------------------------- open loop
-async def _send(conn, request: bytes) -> tuple[bytes, bool]:
-    """(status line, whether the server closes the connection after it)."""
-    reader, writer = conn
-    writer.write(request)
-    await writer.drain()
-    status_line = await reader.readline()
-    length, close = 0, False
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-        close |= name.lower() == "connection" and value.strip().lower() == "close"
-    await reader.readexactly(length)
-    return status_line, close
-
-
 async def _open_loop(host, port, request, rate, duration, seed, time_limit):
     import numpy as np
 
@@ -150,16 +156,8 @@ def run_open_loop(host: str, port: int, path: str, body: bytes, *, rate: float, 
     a closed loop waits for each answer and so hides queueing: coordinated omission).
     Latency counts from each request's *intended* send time. Connections are reused when
     free and opened when not. Loopback only; bounded by ``time_limit`` past ``duration``."""
-    if host not in LOOPBACK:
-        raise UsageError(f"The load generator only targets this machine ({', '.join(LOOPBACK)}), not {host!r}.")
+    _loopback_only(host)
     if rate <= 0 or duration <= 0:
         raise UsageError("rate and duration must be positive.")
-    request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-               f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        return asyncio.run(_open_loop(host, port, request, rate, duration, seed, time_limit))
-    finally:
-        if was:
-            gc.enable()
+    request = _request(host, port, path, body, content_type)
+    return _without_gc(_open_loop(host, port, request, rate, duration, seed, time_limit))
