@@ -1,6 +1,7 @@
 """Load-test `digits serve` on this machine, with and without dynamic batching (make bench-serve).
 
     python scripts/bench_serve.py [--model lenet5] [--requests 2000] [--concurrency 1 8 64]
+    python scripts/bench_serve.py --workers-compare   # 1 worker x 2 threads vs 2 workers x 1 thread
 
 Starts `digits serve` twice on a free loopback port (``--max-batch 1``: batch-1 serving,
 then ``--max-batch 64 --max-wait-ms 2``: dynamic batching), sends a fixed number of
@@ -10,6 +11,10 @@ Poisson arrival rates (latency from each request's intended send time) up to the
 whose p99 passes 50 ms. Writes results/serve-cpu-<date>.{json,md}: requests/s, p50/p99
 latency and errors per mode and concurrency, the open-loop levels and the highest rate
 with p99 < 50 ms, with the machine that made them.
+
+``--workers-compare`` instead runs dynamic batching at 64 concurrent clients in each layout
+of WORKER_LAYOUTS (rounds interleaved) and writes results/serve-workers-cpu-<date>.{json,md}
+with each layout's requests/s, latency and batch-size histogram.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from digits.export import runtime_versions
 from digits.serve.load import run_load, run_open_loop
 
 MODES = {"batch-1": ["--max-batch", "1"], "dynamic": ["--max-batch", "64", "--max-wait-ms", "2"]}
+WORKER_LAYOUTS = {"1 worker x 2 threads": ["--workers", "1", "--threads", "2"],
+                  "2 workers x 1 thread": ["--workers", "2", "--threads", "1"],
+                  "1 worker x 1 thread": ["--workers", "1", "--threads", "1"]}
 
 
 def free_port() -> int:
@@ -69,7 +77,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per open-loop rate")
+    ap.add_argument("--workers-compare", action="store_true", help="compare the WORKER_LAYOUTS at 64 clients")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per layout with --workers-compare")
     args = ap.parse_args()
+    if args.workers_compare:
+        return compare_workers(args)
     open_loop: list[dict] = []
 
     x, y = load_test(args.data_dir or default_root())
@@ -89,8 +101,7 @@ def main() -> None:
                       f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
             if mode == "dynamic":
                 open_loop = sweep(port, f"/v1/predict?model={args.model}", body, args.rates, args.duration)
-            batches = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-            rows[-1]["metrics_batch_size"] = [ln for ln in batches.splitlines() if ln.startswith("digits_batch_size_")]
+            rows[-1]["metrics_batch_size"] = batch_sizes(port)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -105,6 +116,59 @@ def main() -> None:
 
 
 P99_LIMIT_MS = 50.0
+
+
+def batch_sizes(port: int) -> list[str]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    return [ln for ln in text.splitlines() if ln.startswith("digits_batch_size_")]
+
+
+def compare_workers(args) -> None:
+    """Each layout started once; ``--rounds`` rounds of 64 closed-loop clients, interleaved
+    across layouts so drift on a shared VM hits them alike; the median round per layout."""
+    x, _ = load_test(args.data_dir or default_root())
+    body = json.dumps({"image": (x[0, 0].numpy() * STD + MEAN).clip(0, 1).round(4).tolist()}).encode()
+    path = f"/v1/predict?model={args.model}"
+    servers = {}
+    try:
+        for layout, flags in WORKER_LAYOUTS.items():
+            port = free_port()
+            servers[layout] = (port, start(["--models", args.model, "--artifacts", str(args.artifacts),
+                                            *MODES["dynamic"], *flags], port))
+            run_load("127.0.0.1", port, path, body, concurrency=64, requests=1000)  # warm-up: every worker
+        rounds: dict[str, list[dict]] = {k: [] for k in WORKER_LAYOUTS}
+        for i in range(args.rounds):
+            for layout, (port, _) in servers.items():
+                r = run_load("127.0.0.1", port, path, body, concurrency=64, requests=args.requests)
+                rounds[layout].append(r)
+                print(f"round {i} {layout:22} {r['requests_per_s']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                      f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
+        rows = []
+        for layout, (port, _) in servers.items():
+            median = sorted(rounds[layout], key=lambda r: r["requests_per_s"])[len(rounds[layout]) // 2]
+            hist = batch_sizes(port)
+            total = next(float(ln.split()[-1]) for ln in hist if ln.startswith("digits_batch_size_sum"))
+            calls = next(float(ln.split()[-1]) for ln in hist if ln.startswith("digits_batch_size_count"))
+            rows.append({"layout": layout, **median, "rounds_requests_per_s": [r["requests_per_s"] for r in rounds[layout]],
+                         "mean_batch": total / calls, "metrics_batch_size": hist})
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    env = {"date": now_iso(), "cpu": cpu_name(), **runtime_versions(), "model": args.model, "concurrency": 64,
+           "requests_per_round": args.requests, "rounds": args.rounds, "payload": "JSON 28x28 array (MNIST test digit 0)"}
+    lines = [f"# digits serve: workers x threads at 64 clients: {env['cpu']}, {env['date']}", "",
+             f"Model {env['model']} via onnxruntime {env['onnxruntime']}, dynamic batching (max batch 64, 2 ms); "
+             f"{args.rounds} interleaved rounds of {args.requests} requests per layout, the median round shown; "
+             "client and server on the same machine. Mean batch over every round (the workers' merged histogram).", "",
+             "| layout | requests/s (median) | rounds | p50 ms | p99 ms | mean batch | errors |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['layout']} | {r['requests_per_s']:,.0f} | "
+                     f"{', '.join(f'{v:,.0f}' for v in r['rounds_requests_per_s'])} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['mean_batch']:.1f} | {r['errors']} |")
+    stem = args.out / f"serve-workers-cpu-{env['date'][:10]}"
+    print(atomic_write_result(stem, {"environment": env, "rows": rows}, "\n".join(lines) + "\n")[1].read_text())
 
 
 def sweep(port: int, path: str, body: bytes, rates: list[float], duration: float) -> list[dict]:

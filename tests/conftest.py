@@ -73,3 +73,30 @@ def served(tmp_path_factory, splits, test_set):
         train(resolve_config(name, "fast", epochs=15, batch_size=64, lr=3e-3, augment=True, threads=2), splits, out)
         assert export_model(name, "onnx", *test_set, checkpoint=out, out=out)["passed"]
     return out
+
+
+@pytest.fixture(scope="session")
+def live_server(served):
+    """`digits serve`'s app on uvicorn in a thread, on a free port: its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from digits.serve import ServeConfig, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(artifacts=served)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -6,9 +6,6 @@ import io
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +86,8 @@ def test_multipart_and_json_array_inputs(client, test_set):
     (b"{broken", "application/json", 400, "not valid JSON"),
     (json.dumps({"image": [[0.5] * 27] * 28}).encode(), "application/json", 422, "28x28"),
     (json.dumps({"image": "seven"}).encode(), "application/json", 422, "28x28"),
+    (json.dumps({"image": [[0] * 28] * 28, "colour": "red"}).encode(), "application/json", 422, "at colour: Extra"),
+    (json.dumps([[0] * 28] * 28).encode(), "application/json", 422, "at body"),
     (_png(Image.new("L", (64, 64), 255)), "image/png", 422, "blank"),
     (_png(Image.new("L", (5000, 4000), 0)), "image/png", 413, "16 MP limit"),
 ])
@@ -127,26 +126,48 @@ def test_models_health_and_metrics(client, served):
     assert "/openapi.json" in client.get("/docs").text and "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
-def test_concurrent_requests_are_batched_into_one_call(served, test_set):
+def _concurrently(application, path: str, images: list) -> tuple[list, str]:
+    """Every image POSTed at once to an in-process app: (responses, /metrics text)."""
     import asyncio
 
     import httpx
-
-    cfg = ServeConfig(artifacts=served, models=["lenet5"], max_batch=64, max_wait_ms=50)
-    application = create_app(cfg)
-    digit = (test_set[0][0, 0].numpy() * STD + MEAN).clip(0, 1).tolist()
 
     async def go():
         transport = httpx.ASGITransport(app=application)
         async with application.router.lifespan_context(application), \
                 httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            rs = await asyncio.gather(*(c.post("/v1/predict?model=lenet5", json={"image": digit}) for _ in range(16)))
-            return [r.status_code for r in rs], (await c.get("/metrics")).text
-    codes, text = asyncio.run(go())
-    assert codes == [200] * 16
+            rs = await asyncio.gather(*(c.post(path, json={"image": img}) for img in images))
+            return rs, (await c.get("/metrics")).text
+    return asyncio.run(go())
+
+
+def test_concurrent_requests_are_batched_into_one_call(served, test_set):
+    cfg = ServeConfig(artifacts=served, models=["lenet5"], max_batch=64, max_wait_ms=50)
+    digit = (test_set[0][0, 0].numpy() * STD + MEAN).clip(0, 1).tolist()
+    responses, text = _concurrently(create_app(cfg), "/v1/predict?model=lenet5", [digit] * 16)
+    assert [r.status_code for r in responses] == [200] * 16
     got = _metrics(text)
     calls = got["digits_batch_size_count", (("model", "lenet5"),)]
     assert calls < 16 and got["digits_batch_size_sum", (("model", "lenet5"),)] == 16  # 16 images in fewer calls
+
+
+def test_openvino_serves_from_batch_buckets_compiled_at_start(served, test_set):
+    pytest.importorskip("openvino")
+    digits28 = [(test_set[0][i, 0].numpy() * STD + MEAN).clip(0, 1).tolist() for i in range(13)]
+    app_ov = create_app(ServeConfig(artifacts=served, models=["cnn"], backend="openvino", max_batch=8, max_wait_ms=50))
+    backend = app_ov.state.backends["cnn"]
+    assert backend.buckets == [1, 2, 4, 8] and set(backend.compiled) == {1, 2, 4, 8}
+    ov, text = _concurrently(app_ov, "/v1/predict?model=cnn", digits28)  # 13 = batches of 8 and 5 (padded to 8), ...
+    ort, _ = _concurrently(create_app(ServeConfig(artifacts=served, models=["cnn"])), "/v1/predict?model=cnn", digits28)
+    assert [r.status_code for r in ov] == [200] * 13
+    for a, b in zip(ov, ort, strict=True):
+        np.testing.assert_allclose(a.json()["probabilities"], b.json()["probabilities"], atol=1e-4)
+    assert set(backend.compiled) == {1, 2, 4, 8}  # nothing compiled on a request's path
+    assert _metrics(text)["digits_batch_size_sum", (("model", "cnn"),)] == 13
+    with pytest.raises(RuntimeError, match="not a compiled bucket"):
+        backend._compiled(3)
+    with pytest.raises(Exception, match="larger than the largest compiled bucket"):
+        backend(test_set[0][:9])
 
 
 def test_serve_refuses_to_start_without_a_verified_artifact(served, tmp_path):
@@ -161,26 +182,6 @@ def test_serve_refuses_to_start_without_a_verified_artifact(served, tmp_path):
 
 
 # --------------------------------------------------------------------------- the page in a real browser
-@pytest.fixture(scope="module")
-def live_server(served):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(artifacts=served)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def page(live_server):
     if not CHROMIUM:

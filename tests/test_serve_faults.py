@@ -276,3 +276,62 @@ def test_memory_stays_bounded_under_concurrent_large_uploads(served, tmp_path):
     r = json.loads(next(tmp_path.glob("serve-memory-*.json")).read_text())
     assert r["status_codes"] == {"200": 24} and r["jpeg_bytes"] > 2_000_000
     assert r["peak_above_idle_mb"] < 600, r
+
+
+# --------------------------------------------------------------------------- several workers
+@pytest.mark.slow
+def test_workers_share_metrics_and_stop_cleanly(served, tmp_path):
+    import httpx
+
+    from digits.serve.load import run_load
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}  # the metrics folder lands in tmp_path
+    log = (tmp_path / "serve.log").open("w")  # a file, not an unread pipe
+    proc = subprocess.Popen([sys.executable, "-c", "from digits.cli import app; app()", "serve", "--artifacts", str(served),
+                             "--models", "lenet5", "--port", str(port), "--workers", "2", "--grace-s", "5"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/metrics", timeout=1).text.count("digits_worker{") == 2:
+                    break  # both workers up
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert [p.name for p in tmp_path.glob("digits-metrics-*")], "the shared metrics folder"
+        body = json.dumps({"image": np.zeros((28, 28)).tolist()}).encode()
+        with ThreadPoolExecutor(1) as pool:
+            r = pool.submit(run_load, "127.0.0.1", port, "/v1/predict?model=lenet5", body, concurrency=8,
+                            requests=300).result()
+        assert r["errors"] == 0
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = [s for f in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text)
+                   for s in f.samples]
+        pids = {s.labels["pid"] for s in samples if s.name == "digits_worker"}
+        served_ok = sum(s.value for s in samples if s.name == "digits_requests_total"
+                        and s.labels == {"route": "/v1/predict", "status": "200"})
+        batched = sum(s.value for s in samples if s.name == "digits_batch_size_sum")
+        # one scrape, answered by one worker, reports both processes' counts
+        assert len(pids) == 2 and served_ok == 300 and batched == 300, (pids, served_ok, batched)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        log.close()
+    assert code == 0 and time.monotonic() - t0 < 5 + 5, (code, (tmp_path / "serve.log").read_text()[-2000:])
+    assert not list(tmp_path.glob("digits-metrics-*"))  # removed with the server
+
+
+def test_workers_refuse_to_start_without_a_verified_artifact(tmp_path):
+    from typer.testing import CliRunner
+
+    from digits.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["serve", "--workers", "2", "--artifacts", str(tmp_path), "--models", "lenet5"])
+    assert result.exit_code == 1 and "digits export lenet5 --format onnx" in result.output
+    assert "Traceback" not in result.output

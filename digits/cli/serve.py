@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,10 @@ def serve(
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
     models_: Annotated[str, typer.Option("--models", help="Comma-separated models, or all.")] = "all",
     backend: Annotated[str, typer.Option(help="Runtime for the artifacts: onnxruntime or openvino.")] = "onnxruntime",
-    threads: Annotated[int, typer.Option(min=1, help="Runtime threads (the event loop keeps a core of its own).")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads per worker (default: 1 for one worker, "
+                                                "whose event loop keeps a core of its own; cores // N for N workers).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes (uvicorn's supervisor); each batches its own "
+                                         "connections.")] = 1,
     max_batch: Annotated[int, typer.Option(min=1, help="Largest dynamic batch (1: batch-1 serving).")] = 64,
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a request waits for others to batch with.")] = 2.0,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body; larger gets 413.")] = 10.0,
@@ -33,14 +37,22 @@ def serve(
 ):
     """Serve the exported models: a drawing page at / and a JSON API at /v1/predict."""
     from digits.serve import ServeConfig, create_app
-    from digits.serve.server import run_server
+    from digits.serve.app import load_models
+    from digits.serve.server import run_server, run_workers
 
     if backend not in ("onnxruntime", "openvino"):
         raise DigitsError(f"--backend serves exported ONNX files: onnxruntime or openvino, not {backend!r}.", exit_code=2)
+    if threads is None:
+        threads = 1 if workers == 1 else max(1, len(os.sched_getaffinity(0)) // workers)
     cfg = ServeConfig(artifacts=artifacts, models=[] if models_ == "all" else csv_list(models_, "models"),
                       backend=backend, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue, timeout_ms=timeout_ms,
                       limit_concurrency=limit_concurrency, grace_s=grace_s, decode_concurrency=decode_concurrency)
+    if workers > 1:
+        names = list(load_models(cfg))  # checked here once, for a clear error before any worker starts
+        log(f"digits serve: {', '.join(names)} via {backend} on http://{host}:{port}/ in {workers} workers x "
+            f"{threads} runtime thread(s), each batching up to {max_batch} within {max_wait_ms:g} ms.")
+        return run_workers(cfg, host=host, port=port, workers=workers)
     application = create_app(cfg)  # loads and sha256-checks every artifact, or refuses to start
     log(f"digits serve: {', '.join(application.state.models)} via {backend} on http://{host}:{port}/ "
         f"(dynamic batching: up to {max_batch} within {max_wait_ms:g} ms). Ctrl-C or SIGTERM stops it gracefully.")

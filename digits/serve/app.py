@@ -6,6 +6,7 @@
     GET  /readyz        readiness (every batch worker serving, not draining); /healthz the same
     GET  /livez         liveness
     GET  /metrics       Prometheus text: requests, latency, batch sizes, failed batches
+    /v2/...             the Open Inference Protocol (KServe v2, Triton's HTTP API): digits.serve.v2
 
 Admission control, supervision and the batching live in ``digits.serve.batcher``, request
 parsing in ``digits.serve.inputs``, the graceful shutdown in ``digits.serve.server``.
@@ -38,8 +39,9 @@ from starlette.concurrency import run_in_threadpool
 from digits.calibrate import UNSURE_BELOW, read_digits
 from digits.errors import DigitsError
 from digits.serve.batcher import BatchFailed, Batcher, Overloaded, TimedOut, Unavailable
-from digits.serve.inputs import PREDICT_DOC, ApiError, _json, array_input, image_input, multipart_file, read_body
+from digits.serve.inputs import PREDICT_DOC, ApiError, image_input, json_input, multipart_file, read_body
 from digits.serve.metrics import CONTENT_TYPE, Metrics
+from digits.serve.v2 import add_routes as add_v2_routes
 
 STATIC = Path(__file__).parent / "static"
 
@@ -81,6 +83,7 @@ def load_models(cfg: ServeConfig) -> dict[str, dict]:
             backend.load(name, "cpu", checkpoint=cfg.artifacts, artifacts=cfg.artifacts, threads=cfg.threads)
         except DigitsError as e:
             raise DigitsError(f"digits serve cannot start: {e}") from None
+        buckets = backend.compile_buckets(cfg.max_batch) if hasattr(backend, "compile_buckets") else None
         entry = next((e for e in read_exports(checkpoint_dir(cfg.artifacts, name))["formats"].values()
                       if e["file"] == backend.artifact.name), {})
         info = model_info(name)
@@ -88,7 +91,7 @@ def load_models(cfg: ServeConfig) -> dict[str, dict]:
                         "info": {
             "name": name, "params": info.params, "macs_per_image": info.macs, "runtime": cfg.backend,
             "artifact": str(backend.artifact), "sha256": entry.get("sha256"), "accuracy": entry.get("accuracy"),
-            "precision": entry.get("precision", "fp32")}}
+            "precision": entry.get("precision", "fp32"), "batch_buckets": buckets}}
     return loaded
 
 
@@ -122,12 +125,13 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         # whatever is still queued, then stop
         await asyncio.gather(*(b.stop(cfg.grace_s) for b in batchers.values()))
         inference.shutdown(wait=False)
+        metrics.close()
 
     app = FastAPI(title="digits", version=__import__("digits").__version__, lifespan=lifespan,
                   description="Handwritten-digit recognition on the exported MNIST models.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.metrics, app.state.config, app.state.models = metrics, cfg, list(models)
-    app.state.batchers = batchers
+    app.state.batchers, app.state.backends = batchers, {n: m["backend"] for n, m in models.items()}
 
     app.state.draining = threading.Event()  # set on SIGTERM (digits.serve.server): not ready, Connection: close
     app.add_middleware(MetricsMiddleware, metrics=metrics, draining=app.state.draining)
@@ -199,14 +203,15 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         except BatchFailed:
             raise ApiError(500, f"{name} failed on this request's batch; the cause is in the server log.") from None
 
+    add_v2_routes(app, models, answered, lambda: readiness()[1] == 200, arriving)
+
     async def _predict(request: Request, model: str, single: bool, unsure_below: float):
         check_model(model)  # before reading a body that would be wasted
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await read_body(request, cfg.max_json_bytes if kind == "application/json" else cfg.max_body_bytes)
         if kind == "application/json":
-            payload = _json(body)
-            model = payload.get("model", model) if isinstance(payload, dict) else model
-            x, seen = array_input(payload.get("image") if isinstance(payload, dict) else payload)
+            named, x, seen = json_input(body)
+            model = named or model
             found = [(None, x, seen)]
         else:
             if kind == "multipart/form-data":
@@ -240,7 +245,18 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
     return app
 
 
-ROUTES = ("/", "/v1/predict", "/v1/models", "/healthz", "/readyz", "/livez", "/metrics")
+ROUTES = ("/", "/v1/predict", "/v1/models", "/healthz", "/readyz", "/livez", "/metrics", "/v2",
+          "/v2/health/live", "/v2/health/ready")
+
+
+def route_label(path: str) -> str:
+    """A bounded set of labels: the model's name is not part of a v2 route's label."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/v2/models/"):
+        tail = path.rstrip("/").rsplit("/", 1)[-1]
+        return f"/v2/models/{{name}}/{tail}" if tail in ("infer", "ready") else "/v2/models/{name}"
+    return "other"
 
 
 class MetricsMiddleware:
@@ -264,5 +280,5 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = scope["path"] if scope["path"] in ROUTES else "other"
+            route = route_label(scope["path"])
             self.metrics.request(route, status[0], time.perf_counter() - t0)

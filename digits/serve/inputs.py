@@ -4,10 +4,20 @@ and images through the same preprocessing as `digits predict`; every bad input i
 
 from __future__ import annotations
 
-import json
+from typing import Annotated
 
 import numpy as np
 from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Row = Annotated[list[float], Field(min_length=28, max_length=28)]
+
+
+class ArrayBody(BaseModel):
+    """POST /v1/predict's JSON body: one 28x28 array in MNIST's format, and optionally the model."""
+    model_config = ConfigDict(extra="forbid")
+    image: Annotated[list[Row], Field(min_length=28, max_length=28)]
+    model: str | None = None
 
 
 class ApiError(Exception):
@@ -64,11 +74,19 @@ async def multipart_file(request: Request, body: bytes) -> bytes:
     return await files[0].read()
 
 
-def _json(body: bytes):
+def json_input(body: bytes) -> tuple[str | None, np.ndarray, np.ndarray]:
+    """A JSON body (already under its size cap), validated by :class:`ArrayBody` straight from
+    the bytes -> (model or None, normalized [1,28,28], the 28x28 image seen)."""
     try:
-        return json.loads(body)
-    except ValueError:
-        raise ApiError(400, "The body is not valid JSON.") from None
+        request = ArrayBody.model_validate_json(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        if first["type"] == "json_invalid":
+            raise ApiError(400, "The body is not valid JSON.") from None
+        where = ".".join(map(str, first["loc"])) or "body"
+        raise ApiError(422, f"Send JSON {{\"image\": a 28x28 array of numbers, \"model\": optional}}; at {where}: "
+                            f"{first['msg']}.") from None
+    return (request.model, *array_input(request.image))
 
 
 def array_input(image) -> tuple[np.ndarray, np.ndarray]:

@@ -1,14 +1,20 @@
 """The server's metrics, by prometheus_client, on a registry of the app's own (two apps in one
 process, as in the tests, never share series): request count and latency by route,
 batch size and runtime-call time by model, failed batches by model and cause, and each
-model's queue depth, read at scrape time."""
+model's queue depth, read at scrape time.
+
+With ``digits serve --workers N`` each worker process counts in prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the parent before the workers
+start): whichever worker answers a scrape reports the sum over all of them, and
+``digits_worker`` has one sample per live worker (its ``pid`` label)."""
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 prometheus_client.disable_created_metrics()  # the *_created series say nothing useful here
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
@@ -30,7 +36,12 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter("digits_batch_errors", "Failed batches by model and the step that failed.",
                               ["model", "cause"], registry=r)
-        self.queue = Gauge("digits_queue_depth", "Requests waiting in each model's queue.", ["model"], registry=r)
+        self.queue = Gauge("digits_queue_depth", "Requests waiting in each model's queue.", ["model"], registry=r,
+                           multiprocess_mode="livesum")
+        self.worker = Gauge("digits_worker", "1 per serving process (a pid label per worker with --workers).",
+                            registry=r, multiprocess_mode="liveall")
+        self.worker.set(1)
+        self.shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # --workers: every process's files
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -46,4 +57,13 @@ class Metrics:
     def text(self) -> str:
         for model, depth in self.queue_depth().items():
             self.queue.labels(model).set(depth)
-        return generate_latest(self.registry).decode()
+        if not self.shared:
+            return generate_latest(self.registry).decode()
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged).decode()
+
+    def close(self) -> None:
+        """A worker that stops takes its live gauges out of the shared sums."""
+        if self.shared:
+            multiprocess.mark_process_dead(os.getpid())

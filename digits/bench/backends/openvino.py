@@ -8,6 +8,10 @@ chose is read back: a hint it ignores is an error, never an FP32 run labelled bf
 Each batch size gets its own static-shape compiled model and one infer request, reused
 for every call, whose input tensor shares the prepared array's memory: ``run`` is a bare
 ``request.infer()``, the fastest synchronous call path OpenVINO offers from Python.
+
+Serving (``compile_buckets``) compiles power-of-two batch sizes up front and pads each
+batch up to its bucket: a compile takes tens of milliseconds and would block every model
+on the inference thread, so none may happen on a request's path.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class OpenVino(Backend):
         self.model = self.core.read_model(str(self.artifact))
         self.config = compile_config(self.precision, threads)
         self.compiled: dict[int, object] = {}
+        self.buckets: list[int] = []  # serving: the only batch sizes compiled, fixed at start-up
         probe = self._compiled(1)
         chosen = probe.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if chosen != HINTS[self.precision]:
@@ -97,8 +102,30 @@ class OpenVino(Backend):
                          "performance_hint": "LATENCY", "threads": self.config["INFERENCE_NUM_THREADS"],
                          "static_shape_per_batch": True}
 
+    def compile_buckets(self, largest: int) -> list[int]:
+        """Compile batch sizes 1, 2, 4, ... up to ``largest`` now; from then on a batch is padded up
+        to the smallest bucket that holds it, and asking for another size is an error."""
+        sizes = sorted({min(2**k, largest) for k in range(largest.bit_length() + 1)})
+        for size in sizes:
+            self._compiled(size)
+        self.buckets = sizes
+        self.settings["batch_buckets"] = sizes
+        return sizes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.buckets:
+            return super().__call__(x)
+        n = len(x)
+        size = next((b for b in self.buckets if b >= n), None)
+        if size is None:
+            raise DigitsError(f"A batch of {n} is larger than the largest compiled bucket ({self.buckets[-1]}).")
+        padded = x if size == n else torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+        return super().__call__(padded)[:n]
+
     def _compiled(self, batch: int):
         if batch not in self.compiled:
+            if self.buckets:  # a programming error, not bad input: serving pads to its buckets
+                raise RuntimeError(f"batch size {batch} is not a compiled bucket {self.buckets}")
             m = self.model.clone()
             m.reshape([batch, 1, 28, 28])
             self.compiled[batch] = self.core.compile_model(m, "CPU", self.config)
