@@ -61,6 +61,7 @@ serve: setup
 # Accuracy targets: default recipe over 3 seeds -> results/train-<date>.json
 bench-train: setup
 	$(PY) scripts/bench_train.py --seeds 0 1 2 --out results
+	$(PY) scripts/bench_train.py --world-sizes 1 2 --recipe fast --models lenet5 --rounds 3 --out results
 
 fixture: setup
 	$(PY) scripts/make_fixture.py

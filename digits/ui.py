@@ -60,7 +60,7 @@ def size(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def train_progress():
+def train_progress(enabled: bool = True):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -72,7 +72,7 @@ def train_progress():
     return Progress(TextColumn("[bold]{task.description:<7}"), TextColumn("epoch {task.fields[epoch]}"),
                     BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
                     TextColumn("val {task.fields[val]}"), TimeRemainingColumn(), console=err,
-                    transient=False)
+                    transient=False, disable=not enabled)
 
 
 def advance(progress, task, p) -> None:

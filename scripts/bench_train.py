@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py --recipe default --seeds 0 1 2      # make bench-train
     python scripts/bench_train.py --recipe fast --models lenet5 --seeds 0 1 2 3 4
+    python scripts/bench_train.py --world-sizes 1 2 --recipe fast --models lenet5 --rounds 3
 
 Trains each model once per seed on full MNIST (checkpoints go to a temporary folder,
 so your artifacts/ stay untouched) and writes results/train-<recipe>-<date>.json with
@@ -38,7 +39,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--world-sizes", nargs="+", type=int, default=None, help="compare DDP world sizes instead")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.world_sizes:
+        return compare_world_sizes(args)
 
     root = args.data_dir or default_root()
     ensure_mnist(root, log=lambda m: print(m, file=sys.stderr))
@@ -76,6 +81,52 @@ def main() -> None:
               f"mean train {s['mean_train_seconds']:.1f}s (max {s['max_train_seconds']:.1f}s)")
     print(f"all models, per seed: {', '.join(f'{t:.1f}s' for t in per_seed_total)}")
     print(f"wrote {path}")
+
+
+def compare_world_sizes(args) -> None:
+    import json
+    import subprocess
+    import time
+
+    from digits._io import atomic_write_result
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            for name in args.models:
+                for world in args.world_sizes:
+                    cmd = [sys.executable, "-m", "digits", "train", name, "--recipe", args.recipe, "--seed",
+                           str(args.seeds[0]), "--out", f"{tmp}/w{world}", "--json"]
+                    cmd += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+                    cmd += ["--nproc", str(world)] if world > 1 else []
+                    t0 = time.perf_counter()
+                    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    wall = time.perf_counter() - t0
+                    r = json.loads(done.stdout)
+                    manifest = json.loads(Path(f"{tmp}/w{world}/{name}/manifest.json").read_text())
+                    runs.append({"round": i, "model": name, "world_size": world, "train_seconds": r["train_seconds"],
+                                 "wall_seconds": round(wall, 3), "test_accuracy": r["test_accuracy"],
+                                 "threads_per_rank": manifest["threads"], "distributed": manifest["distributed"]})
+                    print(f"round {i} {name} W={world}: train {r['train_seconds']:.2f}s wall {wall:.2f}s "
+                          f"test {r['test_accuracy']:.4f}", file=sys.stderr, flush=True)
+    date = dt.date.today().isoformat()
+    env = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "date": date, **versions()}
+    lines = [f"# digits train: DDP world sizes on {env['cpu']} ({env['cores']} cores), {date}", "",
+             f"`{' '.join(['python', *sys.argv])}`: `digits train MODEL --recipe {args.recipe} [--nproc W]`, "
+             f"{args.rounds} interleaved rounds, medians. The global batch is the recipe's at every W; "
+             "threads per rank: the machine's cores // W.", "",
+             "| model | world size | threads/rank | train s (median) | wall s (median) | test accuracy |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name in args.models:
+        for world in args.world_sizes:
+            mine = [r for r in runs if r["model"] == name and r["world_size"] == world]
+            lines.append(f"| {name} | {world} | {mine[0]['threads_per_rank']} | "
+                         f"{statistics.median(r['train_seconds'] for r in mine):.2f} | "
+                         f"{statistics.median(r['wall_seconds'] for r in mine):.2f} | "
+                         + ", ".join(f"{r['test_accuracy']:.2%}" for r in mine) + " |")
+    stem = args.out / f"train-ddp-{date}"
+    report = {"command": " ".join(["python", *sys.argv]), "environment": env, "recipe": args.recipe, "runs": runs}
+    print(atomic_write_result(stem, report, "\n".join(lines) + "\n")[1].read_text())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,245 @@
+"""Data-parallel training (DDP, gloo, 2 CPU processes) proven equal to one process.
+
+The ranks are started as PyTorch's own tests start them: ``torch.multiprocessing.spawn``
+meeting over a FileStore. The CLI tests start real torchrun processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from digits.cli import app as cli
+from digits.distributed import Dist
+from digits.errors import UsageError
+
+FIXTURE = Path(__file__).parent / "data"
+WORLD = 2
+# the default lenet5 recipe (augmentation, label smoothing), short: 2 epochs of 15 steps
+E2E = dict(epochs=2, batch_size=64, threads=1)
+
+
+def _join(rank: int, store: str) -> Dist:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store, WORLD), rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))  # a rank left waiting fails, never hangs
+    from digits.distributed import current
+
+    return current()
+
+
+def _leave() -> None:
+    dist.barrier()  # no rank tears down while another is still talking (gloo aborted here without it)
+    dist.destroy_process_group()
+
+
+def _spawn(fn, tmp_path: Path, *args) -> None:
+    mp.spawn(fn, args=(str(tmp_path / "store"), *args), nprocs=WORLD, join=True)
+
+
+# --------------------------------------------------------------------------- gradients
+def _grad_worker(rank: int, store: str) -> None:
+    from digits.data import load_test
+    from digits.models import create_model, list_models
+    from digits.distributed import shard_loss
+
+    d = _join(rank, store)
+    x, y = load_test(FIXTURE)
+    try:
+        for name in list_models():
+            for batch in (64, 63):  # 63: an uneven split, 32 + 31
+                torch.manual_seed(0)
+                one = create_model(name).eval()  # eval: no dropout, so both see the same function
+                torch.manual_seed(0)
+                ddp = torch.nn.parallel.DistributedDataParallel(create_model(name).eval())
+                xb, yb = x[:batch], y[:batch]
+                torch.nn.functional.cross_entropy(one(xb), yb, label_smoothing=0.1).backward()
+                shard_loss(ddp(d.shard(xb)), d.shard(yb), 0.1, batch, d).backward()
+                for (n, p), q in zip(one.named_parameters(), ddp.module.parameters(), strict=True):
+                    torch.testing.assert_close(q.grad, p.grad, rtol=1.3e-6, atol=5e-5, msg=f"{name} b{batch} {n}")
+    finally:
+        _leave()
+
+
+def test_ddp_gradients_equal_one_process_on_the_whole_batch(tmp_path):
+    _spawn(_grad_worker, tmp_path)
+
+
+# --------------------------------------------------------------------------- end to end
+def _ctrl_c_on_rank_1(d: Dist, after: int = 20):
+    """A stand-in for digits.resume.SigintFlag: Ctrl-C reaches rank 1 only, before its 21st step."""
+    reads = [0]
+
+    class Flag:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        @property
+        def set(self):
+            reads[0] += 1
+            return d.rank == 1 and reads[0] > after
+    return Flag
+
+
+def _train_worker(rank: int, store: str, out: str) -> None:
+    import digits.train as tr
+    from digits.data import load_splits
+    from digits.train import TrainingInterrupted, resolve_config, train
+
+    d = _join(rank, store)
+    out = Path(out)
+    splits = load_splits(FIXTURE, seed=0)
+    cfg = resolve_config("lenet5", "default", **E2E)
+    real_flag = tr.SigintFlag
+    try:
+        result = train(cfg, splits, out / f"rank{rank}")  # rank 1's folder must stay empty
+        (out / f"result{rank}.json").write_text(json.dumps(result.to_dict()))
+        for folder in ("split", "state"):  # "split" is resumed below, "state" is left for the parent
+            tr.SigintFlag = _ctrl_c_on_rank_1(d)
+            try:
+                train(cfg, splits, out / folder)
+                raise AssertionError("not interrupted")
+            except TrainingInterrupted:
+                pass
+        tr.SigintFlag = real_flag
+        train(cfg, splits, out / "split", resume=True)
+        with pytest.raises(UsageError, match="global batch: 63"):
+            train(resolve_config("lenet5", "default", epochs=1, batch_size=63, threads=1), splits, out / "odd")
+    finally:
+        tr.SigintFlag = real_flag
+        _leave()
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, splits):
+    """One DDP run of 2 ranks (then an interrupted and resumed one) and the same run in one process."""
+    from digits.train import resolve_config, train
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    _spawn(_train_worker, tmp, str(tmp))
+    single = train(resolve_config("lenet5", "default", **E2E), splits, tmp / "single")
+    return tmp, single
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(folder / "lenet5" / "model.safetensors")
+
+
+def _assert_same_run(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and not any(k.startswith("module.") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_two_ranks_train_to_the_one_process_weights(ddp_run):
+    tmp, single = ddp_run
+    _assert_same_run(_weights(tmp / "rank0"), _weights(tmp / "single"))
+    r0, r1 = (json.loads((tmp / f"result{r}.json").read_text()) for r in (0, 1))
+    assert r0["best_epoch"] == r1["best_epoch"] == single.best_epoch
+    assert r0["test_accuracy"] == r1["test_accuracy"]  # metrics are all-reduced: every rank agrees
+    assert abs(r0["test_accuracy"] - single.test_accuracy) <= 1 / 1000 + 1e-12  # within one image of 1,000
+    manifest = json.loads((tmp / "rank0/lenet5/manifest.json").read_text())
+    assert manifest["distributed"] == {"world_size": 2, "backend": "gloo", "nodes": 1}
+    assert manifest["config"]["batch_size"] == 64  # the global batch
+    single_manifest = json.loads((tmp / "single/lenet5/manifest.json").read_text())
+    assert single_manifest["distributed"] == {"world_size": 1, "backend": None, "nodes": 1}
+
+
+def test_rank_1_writes_nothing_and_the_checkpoint_exports(ddp_run):
+    tmp, _ = ddp_run
+    assert not (tmp / "rank1").exists()
+    assert sorted(p.name for p in (tmp / "rank0/lenet5").iterdir()) == ["manifest.json", "model.safetensors"]
+    r = CliRunner().invoke(cli, ["export", "lenet5", "--format", "onnx", "--checkpoint", str(tmp / "rank0"),
+                                 "--out", str(tmp / "exported"), "--data-dir", str(FIXTURE)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["verify", str(tmp / "exported"), "--checkpoint", str(tmp / "rank0"),
+                                 "--data-dir", str(FIXTURE)])
+    assert r.exit_code == 0, r.output
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step_and_resumes(ddp_run, splits):
+    from digits.train import resolve_config, train
+
+    tmp, _ = ddp_run
+    # rank 0 never saw Ctrl-C, yet the state it saved is at rank 1's step: the 21st, epoch 2 step 6
+    saved = torch.load(tmp / "state/lenet5/resume.pt", weights_only=True)
+    assert saved["world_size"] == 2 and (saved["loop"]["epoch"], saved["loop"]["step"]) == (1, 5)
+    assert len(saved["torch_rng_by_rank"]) == 2
+    # the resumed run reached exactly the uninterrupted 2-rank run's weights
+    a, b = _weights(tmp / "split"), _weights(tmp / "rank0")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp / "split/lenet5/resume.pt").exists()
+    with pytest.raises(UsageError, match="ran on 2 process"):  # a resume on another world size
+        train(resolve_config("lenet5", "default", **E2E), splits, tmp / "state", resume=True)
+
+
+def test_ddp_rules():
+    from digits.recipes import resolve_config
+    from digits.distributed import check_training as _check_world
+
+    two = Dist(rank=0, world=2)
+    with pytest.raises(UsageError, match="--no-cuda-graph"):
+        _check_world(resolve_config("lenet5", device="cuda"), torch.device("cuda"), two)
+    _check_world(resolve_config("lenet5", device="cuda", cuda_graph=False), torch.device("cuda"), two)
+    assert Dist(rank=1, world=2).shard(torch.arange(7)).tolist() == [1, 3, 5]
+
+
+# --------------------------------------------------------------------------- the CLI and torchrun
+def test_cli_exit_codes(monkeypatch, tmp_path):
+    args = ["train", "lenet5", "--data-dir", str(FIXTURE), "--out", str(tmp_path)]
+    r = CliRunner().invoke(cli, [*args, "--nproc", "2", "--batch-size", "63"])
+    assert r.exit_code == 2 and "multiple of 2" in r.output and "Traceback" not in r.output
+    monkeypatch.setenv("RANK", "0")
+    r = CliRunner().invoke(cli, [*args, "--nproc", "2"])
+    assert r.exit_code == 2 and "already started by torchrun" in r.output
+    assert not list(tmp_path.iterdir())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+COMMON = ["lenet5", "--epochs", "2", "--batch-size", "64", "--threads", "1", "--data-dir", str(FIXTURE)]
+
+
+@pytest.mark.slow
+def test_cli_nproc_2_runs_under_torchrun(ddp_run, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "digits", "train", *COMMON, "--nproc", "2", "--out", str(tmp_path),
+                           "--json"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["model"] == "lenet5"  # rank 0 alone prints: one JSON document
+    _assert_same_run(_weights(tmp_path), _weights(ddp_run[0] / "single"))
+    assert json.loads((tmp_path / "lenet5/manifest.json").read_text())["distributed"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_through_the_c10d_rendezvous(ddp_run, tmp_path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "digits-test",
+           "-m", "digits", "train", *COMMON, "--out", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert json.loads((tmp_path / "lenet5/manifest.json").read_text())["distributed"] == \
+        {"world_size": 2, "backend": "gloo", "nodes": 2}
+    _assert_same_run(_weights(tmp_path), _weights(ddp_run[0] / "single"))
