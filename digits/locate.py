@@ -21,7 +21,14 @@ whose longer side is ``WORK_SIDE`` px:
    (the detached bar of a 5, the open top of a 4);
 7. **choice**: each group is scored by how much it looks like a handwritten digit (size in
    the image, aspect, ink density, closeness to the centre); the best one is the digit, and
-   groups of a similar height on the same line, close enough, are the rest of a number.
+   groups of a similar height on the same line, close enough, are the rest of a number;
+8. **touching digits** (numbers only): a group wider than ``SPLIT_ASPECT`` times its height
+   may be several digits written touching. It stays one digit here, and ``splits`` offers
+   the other reading: as many digits as its width holds, each cut at the column with the
+   least ink near its expected place (the vertical projection, as classic OCR segments
+   touching characters). A wide 0 or 2 is one digit, so the choice is the model's, by
+   which reading it is surer of (recognition-based segmentation: ``Found.read`` in
+   digits.preprocess).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import cv2
 import numpy as np
 
 WORK_SIDE = 512  # px: plenty for a few handwritten digits, and a few ms per step
+SPLIT_ASPECT = 1.15  # width / height above which a group of a number may be several touching digits
+DIGIT_ASPECT = 0.75  # a handwritten digit's typical width / height, to count the digits in a wide group
 
 
 @dataclass
@@ -39,6 +48,8 @@ class Located:
     boxes: list[tuple[int, int, int, int]]  # x0, y0, x1, y1 of each digit, left to right, in input pixels
     ink: list[np.ndarray]  # each digit's ink darkness (0..1, ink bright), cropped to its box
     steps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # for the mosaic: uint8 images
+    # the index of a digit that may be touching digits -> [(box, ink)] of each, left to right
+    splits: dict[int, list[tuple[tuple[int, int, int, int], np.ndarray]]] = field(default_factory=dict, repr=False)
 
 
 def to_work(gray: np.ndarray, color: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, float]:
@@ -232,6 +243,23 @@ def _line_of(best: _Group, groups: list[_Group]) -> list[_Group]:
     return sorted(line, key=lambda g: g.x0)
 
 
+def _pieces(g: _Group, labels: np.ndarray) -> list[_Group]:
+    """Step 8: a wide group cut into the digits its width holds, where the vertical ink profile is thinnest."""
+    own = np.isin(labels[g.y0:g.y1, g.x0:g.x1], g.labels)
+    n = max(2, round(g.w / (DIGIT_ASPECT * g.h)))
+    profile = np.convolve(own.sum(0), np.ones(3) / 3, mode="same")
+    step = g.w / n
+    cuts = [0] + [int(k * step - 0.35 * step) + int(np.argmin(profile[int(k * step - 0.35 * step):int(k * step + 0.35 * step)]))
+                  for k in range(1, n)] + [g.w]
+    out = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        rows = np.flatnonzero(own[:, a:b].any(1))
+        if b - a >= 2 and len(rows):
+            out.append(_Group(g.x0 + a, g.y0 + int(rows[0]), g.x0 + b, g.y0 + int(rows[-1]) + 1,
+                              int(own[:, a:b].sum()), list(g.labels)))
+    return out if len(out) >= 2 else []
+
+
 def _mean_dark(dark: np.ndarray, labels: np.ndarray, gr: _Group) -> float:
     own = np.isin(labels[gr.y0:gr.y1, gr.x0:gr.x1], gr.labels)
     return float(dark[gr.y0:gr.y1, gr.x0:gr.x1][own].mean())
@@ -262,15 +290,17 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     if best is None:
         return Located([], [], steps)
     chosen = [best] if single else _line_of(best, groups)
-    boxes, inks = [], []
-    for gr in chosen:
+
+    def cut(gr: _Group) -> tuple[tuple[int, int, int, int], np.ndarray]:
         own = np.isin(labels[gr.y0:gr.y1, gr.x0:gr.x1], gr.labels)
         own = cv2.dilate(own.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # keep the anti-aliased rim
-        inks.append(np.where(own, dark[gr.y0:gr.y1, gr.x0:gr.x1], 0).astype(np.float32))
-        boxes.append((int(gr.x0 / scale), int(gr.y0 / scale), min(W0, int(np.ceil(gr.x1 / scale))),
-                      min(H0, int(np.ceil(gr.y1 / scale)))))
+        return ((int(gr.x0 / scale), int(gr.y0 / scale), min(W0, int(np.ceil(gr.x1 / scale))),
+                 min(H0, int(np.ceil(gr.y1 / scale)))), np.where(own, dark[gr.y0:gr.y1, gr.x0:gr.x1], 0).astype(np.float32))
+    boxes, inks = (list(t) for t in zip(*map(cut, chosen), strict=True))
+    splits = {} if single else {i: [cut(p) for p in pieces] for i, gr in enumerate(chosen)
+                                if gr.w > SPLIT_ASPECT * gr.h and (pieces := _pieces(gr, labels))}
     chosen_img = cv2.cvtColor(steps["flattened"], cv2.COLOR_GRAY2BGR)
     for gr in chosen:
         cv2.rectangle(chosen_img, (gr.x0, gr.y0), (gr.x1, gr.y1), (0, 0, 255), 2)
     steps["chosen"] = chosen_img
-    return Located(boxes, inks, steps)
+    return Located(boxes, inks, steps, splits)

@@ -21,7 +21,7 @@ from digits._io import atomic_write
 from digits.calibrate import UNSURE_BELOW, read_digits, temperature_of
 from digits.checkpoint import checkpoint_dir, read_manifest
 from digits.errors import DigitsError, UsageError
-from digits.preprocess import ImageError, load_image, normalize28, preprocess_all
+from digits.preprocess import Found, ImageError, found_in, load_image, normalize28, preprocess_all
 
 
 def collect_inputs(paths: list[str | os.PathLike]) -> list[Path]:
@@ -76,27 +76,29 @@ def predict_files(paths: list[str | os.PathLike], *, model: str = "lenet5", back
     if not files:
         raise UsageError("No input files: the given directories are empty.")
     results: list[dict] = []
-    found: list[tuple[dict, list, object, np.ndarray]] = []  # (result, [(box, 28x28)], localisation, gray)
+    found: list[tuple[dict, Found, object, np.ndarray]] = []  # (result, what to read, localisation, gray)
     for f in files:
         try:
             gray, rgb = load_image(f)
             digits, located = preprocess_all(gray, rgb, single=single)
             results.append({"path": str(f)})
-            found.append((results[-1], digits, located, gray))
+            found.append((results[-1], found_in(digits, located), located, gray))
         except ImageError as e:
             results.append({"path": str(f), "error": f"{f}: {e}"})
     if found:
         runner = ensure_backend(model, backend, checkpoint=checkpoint, artifacts=artifacts, data_root=data_root, log=log)
-        crops = [img for _, digits, _, _ in found for _, img in digits]
+        crops = [img for _, what, _, _ in found for img in what.images()]
         temperature = temperature_of(read_manifest(checkpoint_dir(checkpoint, model), model))
-        logits = runner(torch.from_numpy(np.stack([normalize28(im) for im in crops]))).float()
+        logits = runner(torch.from_numpy(np.stack([normalize28(im) for im in crops]))).float().numpy()
         i = 0
-        for r, digits, located, gray in found:
-            r.update(read_digits([box for box, _ in digits], logits[i:i + len(digits)], temperature, unsure_below))
-            i += len(digits)
+        for r, what, located, gray in found:
+            n = len(what.images())
+            boxes, chosen, imgs = what.read(logits[i:i + n], temperature)
+            r.update(read_digits(boxes, chosen, temperature, unsure_below))
+            i += n
             if save_preprocessed:
                 path = save_preprocessed / f"{Path(r['path']).stem}.png"
-                _save_png(path, mosaic(gray, located, [img for _, img in digits]))
+                _save_png(path, mosaic(gray, located, imgs))
                 r["preprocessed"] = str(path)
     return results
 

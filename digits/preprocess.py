@@ -10,6 +10,7 @@ small digit in a large photo, RGBA canvases, a frame line or a paper edge at the
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from digits.locate import Located, locate
 
 MAX_PIXELS = 50_000_000  # anything larger is not a photo of one digit
 TARGET_STROKE = 0.13  # MNIST stroke width / box side (about 2.6 px of 20)
+SURE_WHOLE = float(np.log(0.9))  # a wide digit read whole at least this surely stays one digit
 
 
 class ImageError(DigitsError):
@@ -110,11 +112,60 @@ def preprocess(gray: np.ndarray, color: np.ndarray | None = None) -> np.ndarray:
 
 def preprocess_all(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = False
                    ) -> tuple[list[tuple[tuple[int, int, int, int], np.ndarray]], Located]:
-    """Every digit found, left to right: ``([(box, 28x28)], the localisation)`` (one with ``single``)."""
+    """Every digit found, left to right: ``([(box, 28x28)], the localisation)`` (one with ``single``).
+    :func:`found_in` adds the touching-digit readings a number may have."""
     found = locate(gray, color, single=single)
     if not found.boxes:
         raise ImageError("blank image: no digit found (nothing with a digit's size, shape and contrast)")
     return [(box, to_mnist(ink)) for box, ink in zip(found.boxes, found.ink, strict=True)], found
+
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class Found:
+    """What one image holds for a model to read: its digits, and for a digit wide enough to be
+    several written touching, that reading too. ``images()`` lists every 28x28 to classify;
+    ``read(logits)`` keeps, for each wide one, whichever reading the model is surer of."""
+
+    digits: list[tuple[Box | None, np.ndarray]]
+    splits: dict[int, list[tuple[Box, np.ndarray]]] = field(default_factory=dict)
+
+    def images(self) -> list[np.ndarray]:
+        return [img for _, img in self.digits] + [img for i in sorted(self.splits) for _, img in self.splits[i]]
+
+    def read(self, logits, temperature: float = 1.0) -> tuple[list[Box | None], np.ndarray, list[np.ndarray]]:
+        """(boxes, logits, 28x28s) of the digits read, left to right. Touching digits win when
+        their mean log top probability (calibrated) is above the whole group's: a wide 0 read
+        whole is surer than its two halves, a 3 touching a 3 is not a sure 8."""
+        logits = np.asarray(logits, dtype=np.float32)
+        z = logits / temperature
+        top = -np.log(np.exp(z - z.max(1, keepdims=True)).sum(1))  # log of each row's top probability
+        boxes, rows, imgs, at = [], [], [], len(self.digits)
+        for i, (box, img) in enumerate(self.digits):
+            pieces = self.splits.get(i, [])
+            span = slice(at, at + len(pieces))
+            at += len(pieces)
+            if pieces and top[i] < SURE_WHOLE and top[span].mean() > top[i]:
+                boxes += [b for b, _ in pieces]
+                rows += list(logits[span])
+                imgs += [im for _, im in pieces]
+            else:
+                boxes.append(box)
+                rows.append(logits[i])
+                imgs.append(img)
+        return boxes, np.stack(rows), imgs
+
+
+def found_in(digits: list[tuple[Box, np.ndarray]], located: Located) -> Found:
+    splits = {}
+    for i, pieces in located.splits.items():
+        try:
+            splits[i] = [(box, to_mnist(ink)) for box, ink in pieces]
+        except ImageError:  # a piece with hardly any ink: not a reading worth offering
+            continue
+    return Found(list(digits), splits)
 
 
 def to_mnist(ink: np.ndarray) -> np.ndarray:

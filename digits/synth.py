@@ -69,8 +69,9 @@ def _ink_alpha(digit28: np.ndarray, height: int, rng: np.random.Generator) -> np
 
 
 def make_photo(digits28: list[np.ndarray], labels: list[int], rng: np.random.Generator,
-               size: tuple[int, int] = (640, 480)) -> Photo:
-    """One photo of the given MNIST digits written left to right (one digit: a single digit)."""
+               size: tuple[int, int] = (640, 480), gap: tuple[float, float] = (0.08, 0.35)) -> Photo:
+    """One photo of the given MNIST digits written left to right (one digit: a single digit),
+    ``gap`` apart (in digit heights: a negative gap writes them touching or overlapping)."""
     W, H = size
     paper = str(rng.choice(PAPERS))
     pw, ph = int(W * rng.uniform(1.0, 1.25)), int(H * rng.uniform(1.0, 1.25))
@@ -79,7 +80,7 @@ def make_photo(digits28: list[np.ndarray], labels: list[int], rng: np.random.Gen
     n = len(digits28)
     height = int(rng.uniform(0.12, 0.35 if n == 1 else 0.2) * ph)
     alphas = [_ink_alpha(d, int(height * rng.uniform(0.9, 1.1)), rng) for d in digits28]
-    gaps = [int(height * rng.uniform(0.08, 0.35)) for _ in range(n)]
+    gaps = [int(height * rng.uniform(*gap)) for _ in range(n)]
     total = sum(a.shape[1] for a in alphas) + sum(gaps[:-1])
     x = int(rng.uniform(0.12 * pw, max(0.12 * pw + 1, 0.88 * pw - total)))
     base_y = int(rng.uniform(0.15 * ph, 0.85 * ph - height))

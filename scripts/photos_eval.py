@@ -4,6 +4,10 @@ trained model: single digits right, whole numbers right, and how many digits wer
     python scripts/photos_eval.py --out results        # -> results/photos-cpu-<date>.{json,md}
 
 Uses the checkpoints in artifacts/ (`digits train all`) through `digits predict`'s own path.
+Then ``--touching`` numbers (seed ``--touching-seed``) are made on the fly the same way but
+written touching or overlapping (digits.synth's ``gap`` below zero), and read twice: as
+`digits predict` reads them, and with the touching-digit readings switched off
+(``digits.locate.SPLIT_ASPECT`` set to infinity), to show what step 8 of digits.locate adds.
 """
 
 from __future__ import annotations
@@ -11,13 +15,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
+import tempfile
 from pathlib import Path
+
+import numpy as np
+
+import digits.locate
 
 from digits._io import atomic_write, atomic_write_json
 from digits.bench.environment import cpu_name
+from digits.data import raw_dir, read_arrays
 from digits.export import runtime_versions
 from digits.models import list_models
 from digits.predict import predict_files
+from digits.synth import make_photo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +39,12 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=ROOT / "tests/data/photos")
     ap.add_argument("--artifacts", type=Path, default=ROOT / "artifacts")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--touching", type=int, default=60, help="numbers written touching, made on the fly")
+    ap.add_argument("--touching-seed", type=int, default=2)
+    ap.add_argument("--source", type=Path, default=ROOT / "tests/data", help="MNIST root for the touching numbers")
     args = ap.parse_args()
+    tmp = tempfile.TemporaryDirectory()
+    touching = touching_numbers(args.source, args.touching, args.touching_seed, Path(tmp.name))
     index = json.loads((args.photos / "photos.json").read_text())["photos"]
     singles = [p for p in index if len(p["label"]) == 1]
     numbers = [p for p in index if len(p["label"]) > 1]
@@ -43,18 +60,46 @@ def main() -> None:
             row[f"{name}_unsure_digits"] = sum(max(d["probabilities"]) < 0.6 for r in res for d in r.get("digits", []))
             found = sum(len(r.get("digits", [])) == len(p["label"]) for r, p in zip(res, subset, strict=True))
             row[f"{name}_right"], row[f"{name}_found"], row[f"{name}_total"] = right, found, len(subset)
+        for name, aspect in (("touching", digits.locate.SPLIT_ASPECT), ("touching_unsplit", math.inf)):
+            kept, digits.locate.SPLIT_ASPECT = digits.locate.SPLIT_ASPECT, aspect
+            try:
+                res = predict_files([p["file"] for p in touching], model=model, backend="eager",
+                                    checkpoint=args.artifacts, artifacts=args.artifacts, unsure_below=0.0)
+            finally:
+                digits.locate.SPLIT_ASPECT = kept
+            row[f"{name}_right"] = sum(r.get("number") == p["label"] for r, p in zip(res, touching, strict=True))
+            row[f"{name}_found"] = sum(len(r.get("digits", [])) == len(p["label"]) for r, p in zip(res, touching, strict=True))
+            row[f"{name}_total"] = len(touching)
         rows.append(row)
         print(row)
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(), **runtime_versions()}
     stem = args.out / f"photos-cpu-{env['date'][:10]}"
     atomic_write_json(stem.with_suffix(".json"), {"command": "python scripts/photos_eval.py", "environment": env,
                                                   "photos": str(args.photos.relative_to(ROOT)), "rows": rows})
-    md = ["| model | single digits right | whole numbers right | numbers with every digit found | digits unsure (< 0.6) |",
-          "|---|---:|---:|---:|---:|"]
+    md = ["| model | single digits right | whole numbers right | numbers with every digit found | digits unsure (< 0.6) |"
+          " touching numbers right (found) | the same without step 8 |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
     md += [f"| `{r['model']}` | {r['single_right']}/{r['single_total']} | {r['number_right']}/{r['number_total']} | "
-           f"{r['number_found']}/{r['number_total']} | {r['single_unsure_digits'] + r['number_unsure_digits']} |"
-           for r in rows]
+           f"{r['number_found']}/{r['number_total']} | {r['single_unsure_digits'] + r['number_unsure_digits']} | "
+           f"{r['touching_right']}/{r['touching_total']} ({r['touching_found']}) | "
+           f"{r['touching_unsplit_right']}/{r['touching_total']} ({r['touching_unsplit_found']}) |" for r in rows]
+    md += ["", f"Touching numbers: {args.touching} numbers of 2-4 MNIST test digits from `{args.source.name}`, seed "
+           f"{args.touching_seed}, written {0.02:g}-{0.12:g} digit heights into each other (`--touching`)."]
     atomic_write(stem.with_suffix(".md"), f"# Photo set, {env['date'][:10]}, {env['cpu']}\n\n" + "\n".join(md) + "\n")
+
+
+def touching_numbers(source: Path, n: int, seed: int, folder: Path) -> list[dict]:
+    arrays = read_arrays(raw_dir(source))
+    images, labels = arrays.test_images.astype(np.float32) / 255, arrays.test_labels
+    rng = np.random.default_rng(seed)
+    made = []
+    for i in range(n):
+        pick = rng.integers(0, len(images), int(rng.integers(2, 5)))
+        photo = make_photo([images[j] for j in pick], [int(labels[j]) for j in pick], rng, size=(480, 360),
+                           gap=(-0.12, -0.02))
+        (folder / f"touching-{i:03d}.jpg").write_bytes(photo.jpeg)
+        made.append({"file": folder / f"touching-{i:03d}.jpg", "label": photo.label})
+    return made
 
 
 if __name__ == "__main__":

@@ -147,3 +147,52 @@ def test_pen_stroke_drawings_are_read(served, tmp_path):
         res = predict_files(files, model=model, backend="eager", checkpoint=served, artifacts=served, single=True)
         right = sum(r.get("prediction") == y for r, y in zip(res, labels, strict=True))
         assert right >= 24, (model, right)
+
+
+def _touching(n: int, seed: int) -> list:
+    from digits.data import raw_dir, read_arrays
+    from digits.synth import make_photo
+
+    arrays = read_arrays(raw_dir(Path(__file__).parent / "data"))
+    rng = np.random.default_rng(seed)
+    photos = []
+    for _ in range(n):
+        pick = rng.integers(0, 1000, 2)
+        photos.append(make_photo([arrays.test_images[j] / 255.0 for j in pick], [int(arrays.test_labels[j]) for j in pick],
+                                 rng, size=(480, 360), gap=(-0.12, -0.02)))
+    return photos
+
+
+def test_touching_digits_are_offered_as_a_second_reading():
+    """Two digits written into each other are one connected group; step 8 of digits.locate
+    offers it cut in two, and the cuts land on the true digits (IoU >= 0.5 with both true
+    boxes): measured on 8 of the 10 photos of these 20 whose group was wide enough to cut."""
+    offered = good = 0
+    for photo in _touching(20, seed=11):
+        gray, rgb = load_image(photo.jpeg)
+        found = locate(gray, rgb)
+        if len(found.boxes) != 1 or 0 not in found.splits:
+            continue  # found apart already, or not wide enough to be cut
+        offered += 1
+        pieces = [box for box, _ in found.splits[0]]
+        good += len(pieces) == 2 and all(_iou(a, b) >= 0.5 for a, b in zip(pieces, photo.boxes, strict=True))
+    assert offered >= 8 and good >= 0.7 * offered, (offered, good)
+    assert not locate(gray, rgb, single=True).splits  # one digit asked for: no second reading
+
+
+def test_the_model_chooses_between_one_wide_digit_and_touching_digits():
+    from digits.preprocess import Found
+
+    img = np.zeros((28, 28), np.float32)
+    found = Found([((0, 0, 30, 10), img)], {0: [((0, 0, 15, 10), img), ((15, 0, 30, 10), img)]})
+    assert len(found.images()) == 3
+    sure, unsure = np.array([8.0] + [0.0] * 9), np.array([1.0, 0.9] + [0.0] * 8)
+    # the whole read unsurely, both halves surely: two digits
+    boxes, logits, imgs = found.read(np.stack([unsure, sure, np.roll(sure, 3)]))
+    assert boxes == [(0, 0, 15, 10), (15, 0, 30, 10)] and logits.argmax(1).tolist() == [0, 3] and len(imgs) == 2
+    # the whole read surely (>= 0.9): one digit, whatever the halves say
+    boxes, logits, _ = found.read(np.stack([np.roll(sure, 5), sure, sure]))
+    assert boxes == [(0, 0, 30, 10)] and logits.argmax(1).tolist() == [5]
+    # the halves less sure than the whole: one digit
+    boxes, _, _ = found.read(np.stack([np.array([3.0] + [0.0] * 9), unsure, unsure]))
+    assert boxes == [(0, 0, 30, 10)]

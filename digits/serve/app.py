@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from digits.calibrate import UNSURE_BELOW, read_digits
 from digits.errors import DigitsError
 from digits.serve.batcher import BatchFailed, Batcher, Overloaded, TimedOut, Unavailable
+from digits.preprocess import Found, normalize28
 from digits.serve.inputs import PREDICT_DOC, ApiError, image_input, json_input, multipart_file, read_body
 from digits.serve.metrics import CONTENT_TYPE, Metrics
 from digits.serve.v2 import add_routes as add_v2_routes
@@ -210,9 +211,9 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await read_body(request, cfg.max_json_bytes if kind == "application/json" else cfg.max_body_bytes)
         if kind == "application/json":
-            named, x, seen = json_input(body)
+            named, _, seen = json_input(body)
             model = named or model
-            found = [(None, x, seen)]
+            found = Found([(None, seen)])  # an array is one digit, already in MNIST's format
         else:
             if kind == "multipart/form-data":
                 body = await multipart_file(request, body)
@@ -224,21 +225,22 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
 
         async def one(name: str) -> dict:
             t0 = time.perf_counter()
-            every = await answered(name, [x for _, x, _ in found])
+            every = await answered(name, inputs)
             # calibrated by the checkpoint's temperature, as `digits predict` reads them (digits.calibrate)
-            read = read_digits([box for box, _, _ in found], np.stack(every), models[name].get("temperature", 1.0),
-                               unsure_below)
-            answer = {"model": name, **read, "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
-            return answer
-        seen = found[0][2]
+            temperature = models[name].get("temperature", 1.0)
+            boxes, logits, imgs = found.read(np.stack(every), temperature)
+            read = read_digits(boxes, logits, temperature, unsure_below)
+            return {"model": name, **read, "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}, imgs[0]
+        inputs = [normalize28(img) for img in found.images()]
         arriving[0] -= 1  # queued now: no longer a reason for the batchers to wait
         try:
-            results = await asyncio.gather(*(one(n) for n in names))  # every model's queue at once
+            both = await asyncio.gather(*(one(n) for n in names))  # every model's queue at once
         finally:
             arriving[0] += 1
+        results = [r for r, _ in both]
         answer = results[0] if model != "all" else {"results": results}
         if kind != "application/json":  # an array is its own 28x28 image; an upload shows what preprocessing made
-            answer["image28"] = np.round(seen.astype(np.float64), 3).tolist()
+            answer["image28"] = np.round(both[0][1].astype(np.float64), 3).tolist()
         # json.dumps directly: FastAPI's encoder walks every float and cost ~1 ms a response here
         return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 

@@ -105,15 +105,14 @@ def array_input(image) -> tuple[np.ndarray, np.ndarray]:
     return normalize28(a), a
 
 
-def image_input(body: bytes, max_pixels: int, single: bool = False) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
-    """Image bytes -> ``digits.preprocess`` (as `digits predict`) -> every digit found, left to
-    right: ``[(box, normalized [1,28,28], 28x28 seen)]``."""
-    from digits.preprocess import ImageError, TooLarge, load_image, normalize28, preprocess_all
+def image_input(body: bytes, max_pixels: int, single: bool = False):
+    """Image bytes -> ``digits.preprocess`` (as `digits predict`) -> a :class:`~digits.preprocess.Found`:
+    every digit found left to right, and the touching-digit readings a wide one may have."""
+    from digits.preprocess import ImageError, TooLarge, found_in, load_image, preprocess_all
 
     try:
-        digits, _ = preprocess_all(*load_image(body, max_pixels=max_pixels), single=single)
+        return found_in(*preprocess_all(*load_image(body, max_pixels=max_pixels), single=single))
     except TooLarge as e:
         raise ApiError(413, f"The image {e}.") from None
     except ImageError as e:
         raise ApiError(422, f"The upload cannot be used: {e}.") from None
-    return [(list(box), normalize28(img28), img28) for box, img28 in digits]
