@@ -3,8 +3,8 @@ the training loop needs.
 
 ``digits train --nproc N`` re-launches the same command under torchrun's standalone mode
 (:func:`launch`, ``torch.distributed.run``); a process that torchrun or Slurm started is
-found from its environment (:func:`init_from_env`: ``RANK``/``WORLD_SIZE``, or Slurm's
-``SLURM_PROCID``/``SLURM_NTASKS``) and joins the group over ``env://``, with gloo on the
+found from its environment (:func:`init_from_env`: ``RANK``/``WORLD_SIZE``, or srun's
+``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``) and joins the group over ``env://``, with gloo on the
 CPU and NCCL on CUDA. The loop itself (digits.train) follows pytorch/examples' DDP recipe
 with the splits held in memory on every rank: the same permutation from the shared seed,
 each rank taking its stride of every global batch (no DistributedSampler: its padding
@@ -125,22 +125,24 @@ def current() -> Dist:
 
 
 def launched() -> bool:
-    """Started by torchrun (or any launcher that sets RANK/WORLD_SIZE) or as a Slurm task of several."""
-    return "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    """Started by torchrun (or any launcher that sets RANK/WORLD_SIZE), or by srun as one of
+    several tasks of a job step. The step's variables, not the job's: a batch script itself
+    runs with SLURM_NTASKS > 1 too, and must not wait there for ranks that never come."""
+    return "RANK" in os.environ or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
 
 
 def _from_slurm() -> None:
     """Slurm's task variables as torch.distributed's; MASTER_ADDR must name the first node."""
     env = os.environ
-    env.setdefault("RANK", env["SLURM_PROCID"])
-    env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
-    env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
-    env.setdefault("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
-    env.setdefault("GROUP_WORLD_SIZE", env.get("SLURM_NNODES", "1"))
-    env.setdefault("MASTER_PORT", "29500")
     if "MASTER_ADDR" not in env:
         raise UsageError("Under Slurm, set MASTER_ADDR to the first node's address, e.g. "
                          "export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1).")
+    env.setdefault("RANK", env["SLURM_PROCID"])
+    env.setdefault("WORLD_SIZE", env["SLURM_STEP_NUM_TASKS"])
+    env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
+    env.setdefault("LOCAL_WORLD_SIZE", env.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0])  # "4(x2)"
+    env.setdefault("GROUP_WORLD_SIZE", env.get("SLURM_STEP_NUM_NODES", "1"))
+    env.setdefault("MASTER_PORT", "29500")
 
 
 def init_from_env(device: torch.device) -> Dist:

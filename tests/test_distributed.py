@@ -243,3 +243,24 @@ def test_two_nodes_meet_through_the_c10d_rendezvous(ddp_run, tmp_path):
     assert json.loads((tmp_path / "lenet5/manifest.json").read_text())["distributed"] == \
         {"world_size": 2, "backend": "gloo", "nodes": 2}
     _assert_same_run(_weights(tmp_path), _weights(ddp_run[0] / "single"))
+
+
+def test_a_slurm_task_is_found_from_its_variables(monkeypatch):
+    from digits import distributed
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert not distributed.launched()
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # a batch script of an 8-task job: not a rank itself
+    assert not distributed.launched()
+    slurm = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
+             "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_STEP_NUM_NODES": "2"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.launched()
+    with pytest.raises(UsageError, match="MASTER_ADDR"):
+        distributed._from_slurm()
+    monkeypatch.setenv("MASTER_ADDR", "node-a")
+    distributed._from_slurm()
+    assert [os.environ[n] for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE",
+                                     "MASTER_PORT")] == ["5", "8", "1", "4", "2", "29500"]
