@@ -206,7 +206,9 @@ def test_a_reduced_precision_pt2_runs_on_another_device(tmp_path, precision):
     Pt2().export(at_precision(create_model("lenet5").eval(), precision), path)
     module = Pt2().open(path, "meta")
     devices = {torch.device(n.kwargs["device"]).type for n in module.graph.nodes if n.kwargs.get("device") is not None}
-    assert devices == {"meta"}  # the cast's device assertion was re-targeted (before the fix: {"cpu"})
+    # no node is pinned to the export's device any more (before the fix: {"cpu"}); torch 2.6's
+    # export records no device in the cast at all, newer ones record it and it is re-targeted
+    assert devices <= {"meta"}, devices
     out = module(torch.zeros(3, 1, 28, 28, device="meta"))
     assert out.shape == (3, 10) and out.device.type == "meta" and out.dtype == torch.float32
 

@@ -223,7 +223,7 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         check_model(model)  # a JSON body may name the model too
         names = list(models) if model == "all" else [model]
 
-        async def one(name: str) -> dict:
+        async def one(name: str) -> tuple[dict, np.ndarray]:  # the answer, and the first 28x28 read
             t0 = time.perf_counter()
             every = await answered(name, inputs)
             # calibrated by the checkpoint's temperature, as `digits predict` reads them (digits.calibrate)
