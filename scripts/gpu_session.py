@@ -33,7 +33,10 @@ DATA, WHEELS = ROOT / "data", ROOT / ".whl"
 # Runtime dependencies the device image lacks (the rest are there); pack pins the versions
 # installed here, the ones the suite passed with.
 MISSING_THERE = ["fastapi", "starlette", "pydantic", "pydantic-core", "annotated-types", "annotated-doc",
-                 "typing-inspection", "uvicorn", "python-multipart", "opentelemetry-api"]
+                 "typing-inspection", "uvicorn", "python-multipart", "opentelemetry-api", "prometheus-client"]
+# Not carried, for size: opencv-python-headless (~50 MB; digits.locate needs it, so if the
+# device lacks it, carry it instead of artifacts/) and tritonclient[http] (test-only: the
+# KServe v2 tests skip without it).
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
 
