@@ -72,12 +72,18 @@ def temperature_of(manifest: dict) -> float:
     return float((manifest.get("calibration") or {}).get("temperature", 1.0))
 
 
+def calibrated(logits, temperature: float = 1.0) -> torch.Tensor:
+    """Probabilities as every reader reports them: the softmax of the logits over the
+    checkpoint's temperature (float32, [N, 10])."""
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float32) / temperature, dim=1)
+
+
 def read_digits(boxes: list, logits, temperature: float = 1.0, unsure_below: float = UNSURE_BELOW) -> dict:
     """Digits found left to right and their logits -> what `digits predict` and the API answer:
     ``{number, unsure, digits: [{box, prediction, probabilities, unsure}]}``, calibrated by
     ``temperature``, "?" in ``number`` for an unsure digit, plus ``prediction`` and
     ``probabilities`` at the top level when one digit was read."""
-    probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32) / temperature, dim=1)
+    probs = calibrated(logits, temperature)
     digits = [{"box": None if box is None else list(box), "prediction": int(p.argmax()),
                "probabilities": [round(float(v), 6) for v in p], "unsure": bool(p.max() < unsure_below)}
               for box, p in zip(boxes, probs, strict=True)]

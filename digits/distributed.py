@@ -85,6 +85,11 @@ class Dist:
             dist.barrier()
 
 
+def cores_per_process(n: int) -> int:
+    """The cores this process may use, shared by ``n`` processes on the machine (at least 1)."""
+    return max(1, len(os.sched_getaffinity(0)) // n)
+
+
 def shard_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, batch: int, dist: Dist) -> torch.Tensor:
     """This rank's loss for a global batch of ``batch`` images. One process: the batch mean.
     Under DDP: the sum over this rank's images / batch x W, so that DDP's average of the
@@ -179,7 +184,7 @@ def launch(nproc: int, argv: list[str]) -> None:
     from torch.distributed.run import get_args_parser, run
 
     # torchrun would set it to 1 with a warning; this is the same split, said once
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(cores_per_process(nproc)))
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "digits", *argv])
     try:
         run(args)

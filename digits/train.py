@@ -184,31 +184,28 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
     net.load_state_dict(state["best"])
     test_acc, _ = evaluate(net, data.test_x, data.test_y, dist)
     info = model_info(cfg.model)
-    manifest = {"params": count_params(net), "train_seconds": round(state["seconds"], 3),
-                "cuda_graph": static is not None and static.capture, "setup_seconds": round(setup_seconds, 3)}
+    summary = {"params": count_params(net), "train_seconds": round(state["seconds"], 3),
+               # warm-up and capture, before the clock starts (as speed-runs count compile time apart)
+               "cuda_graph": static is not None and static.capture, "setup_seconds": round(setup_seconds, 3)}
     if dist.main:
         calib = calibration(logits_of(net, data.val_x), data.val_y, logits_of(net, data.test_x), data.test_y)
-        manifest = save_checkpoint(folder, net.state_dict(), {
-            "model": cfg.model, "model_kwargs": {}, "params": count_params(net), "macs": count_macs(net.cpu()),
+        save_checkpoint(folder, net.state_dict(), {
+            "model": cfg.model, "model_kwargs": {}, "params": summary["params"], "macs": count_macs(net.cpu()),
             "input_shape": list(info.input_shape), "normalization": {"mean": info.mean, "std": info.std},
             "recipe": cfg.recipe, "seed": cfg.seed, "config": asdict(cfg),
             "threads": torch.get_num_threads(), "device": str(device),
             "distributed": dist.describe(),  # world size, backend, nodes
             "history": state["history"], "best_epoch": state["best_epoch"],
             "val_accuracy": state["best_val"], "test_accuracy": test_acc,
-            "train_seconds": round(state["seconds"], 3),
-            # warm-up and capture, before the clock starts (as speed-runs count compile time apart)
-            "cuda_graph": manifest["cuda_graph"],
-            "setup_seconds": manifest["setup_seconds"],
+            "train_seconds": summary["train_seconds"], "cuda_graph": summary["cuda_graph"],
+            "setup_seconds": summary["setup_seconds"],
             "calibration": calib,  # temperature scaling fitted on the validation split (digits.calibrate)
         })
         (folder / RESUME).unlink(missing_ok=True)
     dist.barrier()  # no rank returns before the checkpoint is on disk
     return TrainResult(model=cfg.model, epochs=cfg.epochs, seed=cfg.seed, recipe=cfg.recipe,
-                       params=manifest["params"], val_accuracy=state["best_val"], test_accuracy=test_acc,
-                       best_epoch=state["best_epoch"], train_seconds=manifest["train_seconds"],
-                       checkpoint=str(folder / "model.safetensors"), history=state["history"],
-                       cuda_graph=manifest["cuda_graph"], setup_seconds=manifest["setup_seconds"])
+                       val_accuracy=state["best_val"], test_accuracy=test_acc, best_epoch=state["best_epoch"],
+                       checkpoint=str(folder / "model.safetensors"), history=state["history"], **summary)
 
 
 def _static_step(model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.device) -> StaticStep | None:

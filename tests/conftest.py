@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -75,10 +76,21 @@ def served(tmp_path_factory, splits, test_set):
     return out
 
 
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback TCP port nothing listens on, for a server a test starts."""
+    return _unused_port()
+
+
 @pytest.fixture(scope="session")
 def live_server(served):
     """`digits serve`'s app on uvicorn in a thread, on a free port: its base URL."""
-    import socket
     import threading
     import time
 
@@ -86,9 +98,7 @@ def live_server(served):
 
     from digits.serve import ServeConfig, create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _unused_port()
     server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(artifacts=served)), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

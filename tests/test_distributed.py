@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -210,12 +209,6 @@ def test_cli_exit_codes(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 COMMON = ["lenet5", "--epochs", "2", "--batch-size", "64", "--threads", "1", "--data-dir", str(FIXTURE)]
 
 
@@ -230,8 +223,8 @@ def test_cli_nproc_2_runs_under_torchrun(ddp_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_nodes_meet_through_the_c10d_rendezvous(ddp_run, tmp_path):
-    port = _free_port()
+def test_two_nodes_meet_through_the_c10d_rendezvous(ddp_run, tmp_path, free_port):
+    port = free_port
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "digits-test",
            "-m", "digits", "train", *COMMON, "--out", str(tmp_path)]

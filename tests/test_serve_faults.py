@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -202,17 +201,11 @@ async def _kill_worker(app):
 
 
 # --------------------------------------------------------------------------- SIGTERM under load
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_sigterm_under_load_answers_every_request_and_exits_0(served):
+def test_sigterm_under_load_answers_every_request_and_exits_0(served, free_port):
     import httpx
 
-    port = _free_port()
+    port = free_port
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-c", "from digits.cli import app; app()", "serve", "--artifacts", str(served),
                              "--models", "lenet5", "--port", str(port), "--grace-s", "5"], env=env,
@@ -280,12 +273,12 @@ def test_memory_stays_bounded_under_concurrent_large_uploads(served, tmp_path):
 
 # --------------------------------------------------------------------------- several workers
 @pytest.mark.slow
-def test_workers_share_metrics_and_stop_cleanly(served, tmp_path):
+def test_workers_share_metrics_and_stop_cleanly(served, tmp_path, free_port):
     import httpx
 
     from digits.serve.load import run_load
 
-    port = _free_port()
+    port = free_port
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}  # the metrics folder lands in tmp_path
     log = (tmp_path / "serve.log").open("w")  # a file, not an unread pipe
     proc = subprocess.Popen([sys.executable, "-c", "from digits.cli import app; app()", "serve", "--artifacts", str(served),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +35,7 @@ def serve(
     decode_concurrency: Annotated[int, typer.Option(min=1, help="Uploaded images decoded at once (bounds memory).")] = 4,
 ):
     """Serve the exported models: a drawing page at / and a JSON API at /v1/predict."""
+    from digits.distributed import cores_per_process
     from digits.serve import ServeConfig, create_app
     from digits.serve.app import load_models
     from digits.serve.server import run_server, run_workers
@@ -43,7 +43,7 @@ def serve(
     if backend not in ("onnxruntime", "openvino"):
         raise DigitsError(f"--backend serves exported ONNX files: onnxruntime or openvino, not {backend!r}.", exit_code=2)
     if threads is None:
-        threads = 1 if workers == 1 else max(1, len(os.sched_getaffinity(0)) // workers)
+        threads = 1 if workers == 1 else cores_per_process(workers)
     cfg = ServeConfig(artifacts=artifacts, models=[] if models_ == "all" else csv_list(models_, "models"),
                       backend=backend, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue, timeout_ms=timeout_ms,

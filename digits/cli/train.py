@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -66,7 +65,7 @@ def train(
     if distributed.launched():  # a worker that torchrun or Slurm started
         dist = distributed.init_from_env(resolve_device(device.value))
         if threads is None:  # the machine's cores, shared by the ranks on it
-            cfgs = [replace(c, threads=max(1, len(os.sched_getaffinity(0)) // dist.local_world)) for c in cfgs]
+            cfgs = [replace(c, threads=distributed.cores_per_process(dist.local_world)) for c in cfgs]
     try:
         root = data_root(data_dir)
         if dist.local_rank == 0:  # one download or check per machine; the others wait for it

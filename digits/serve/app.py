@@ -39,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from digits.calibrate import UNSURE_BELOW, read_digits
 from digits.errors import DigitsError
 from digits.serve.batcher import BatchFailed, Batcher, Overloaded, TimedOut, Unavailable
-from digits.preprocess import Found, normalize28
+from digits.preprocess import normalize28
 from digits.serve.inputs import PREDICT_DOC, ApiError, image_input, json_input, multipart_file, read_body
 from digits.serve.metrics import CONTENT_TYPE, Metrics
 from digits.serve.v2 import add_routes as add_v2_routes
@@ -211,9 +211,8 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await read_body(request, cfg.max_json_bytes if kind == "application/json" else cfg.max_body_bytes)
         if kind == "application/json":
-            named, _, seen = json_input(body)
+            named, found = json_input(body)
             model = named or model
-            found = Found([(None, seen)])  # an array is one digit, already in MNIST's format
         else:
             if kind == "multipart/form-data":
                 body = await multipart_file(request, body)

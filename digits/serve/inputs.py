@@ -74,9 +74,12 @@ async def multipart_file(request: Request, body: bytes) -> bytes:
     return await files[0].read()
 
 
-def json_input(body: bytes) -> tuple[str | None, np.ndarray, np.ndarray]:
+def json_input(body: bytes):
     """A JSON body (already under its size cap), validated by :class:`ArrayBody` straight from
-    the bytes -> (model or None, normalized [1,28,28], the 28x28 image seen)."""
+    the bytes -> (model or None, a :class:`~digits.preprocess.Found` of the one 28x28 digit:
+    MNIST's format already, white on black, 0..1 or 0..255)."""
+    from digits.preprocess import Found
+
     try:
         request = ArrayBody.model_validate_json(body)
     except ValidationError as e:
@@ -86,23 +89,10 @@ def json_input(body: bytes) -> tuple[str | None, np.ndarray, np.ndarray]:
         where = ".".join(map(str, first["loc"])) or "body"
         raise ApiError(422, f"Send JSON {{\"image\": a 28x28 array of numbers, \"model\": optional}}; at {where}: "
                             f"{first['msg']}.") from None
-    return (request.model, *array_input(request.image))
-
-
-def array_input(image) -> tuple[np.ndarray, np.ndarray]:
-    """A 28x28 array in MNIST's format -> (normalized [1,28,28], the 28x28 image seen)."""
-    from digits.preprocess import normalize28
-
-    try:
-        a = np.asarray(image, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ApiError(422, "'image' must be a 28x28 array of numbers.") from None
-    if a.shape != (28, 28) or not np.isfinite(a).all():
-        raise ApiError(422, f"'image' must be a 28x28 array of finite numbers; got shape {list(a.shape)}.")
-    if a.max() > 1.0:
-        a = a / 255.0
-    a = np.clip(a, 0.0, 1.0)
-    return normalize28(a), a
+    a = np.asarray(request.image, dtype=np.float32)  # 28x28: the model checked the shape
+    if not np.isfinite(a).all():
+        raise ApiError(422, "'image' must be a 28x28 array of finite numbers (no NaN or infinity).")
+    return request.model, Found([(None, np.clip(a / 255.0 if a.max() > 1.0 else a, 0.0, 1.0))])
 
 
 def image_input(body: bytes, max_pixels: int, single: bool = False):

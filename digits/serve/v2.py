@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from digits.calibrate import calibrated
 from digits.serve.inputs import ApiError, read_body
 
 INPUT, OUTPUTS, VERSION = "input", ("logits", "probabilities"), "1"
@@ -76,9 +77,7 @@ def parse_infer(body: bytes, header_length: str | None, max_rows: int) -> tuple[
 
 
 def infer_response(name: str, request: dict, logits: np.ndarray, temperature: float) -> Response:
-    z = logits / temperature
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    values = {"logits": logits.astype(np.float32), "probabilities": (e / e.sum(axis=1, keepdims=True)).astype(np.float32)}
+    values = {"logits": logits.astype(np.float32), "probabilities": calibrated(logits, temperature).numpy()}
     params = request.get("parameters") or {}
     asked = request.get("outputs") or [{"name": n} for n in OUTPUTS]
     outputs, blobs = [], []
