@@ -310,6 +310,21 @@ def test_workers_share_metrics_and_stop_cleanly(served, tmp_path, free_port):
         batched = sum(s.value for s in samples if s.name == "digits_batch_size_sum")
         # one scrape, answered by one worker, reports both processes' counts
         assert len(pids) == 2 and served_ok == 300 and batched == 300, (pids, served_ok, batched)
+        # a worker killed outright: the supervisor starts another, which drops the dead one's live gauge
+        killed = sorted(pids)[0]
+        os.kill(int(killed), signal.SIGKILL)
+        now: set = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (len(now) == 2 and killed not in now):
+            time.sleep(0.5)
+            try:
+                now = {s.labels["pid"] for f in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text)
+                       for s in f.samples if s.name == "digits_worker"}
+            except httpx.HTTPError:
+                pass
+        assert len(now) == 2 and killed not in now, (killed, now)
+        assert httpx.post(url + "/v1/predict?model=lenet5", content=body, timeout=10,
+                          headers={"Content-Type": "application/json"}).status_code == 200
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)

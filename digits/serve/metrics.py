@@ -11,6 +11,7 @@ start): whichever worker answers a scrape reports the sum over all of them, and
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import prometheus_client
@@ -42,6 +43,8 @@ class Metrics:
                             registry=r, multiprocess_mode="liveall")
         self.worker.set(1)
         self.shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # --workers: every process's files
+        if self.shared:
+            forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -67,3 +70,17 @@ class Metrics:
         """A worker that stops takes its live gauges out of the shared sums."""
         if self.shared:
             multiprocess.mark_process_dead(os.getpid())
+
+
+def forget_dead_workers(folder: str) -> None:
+    """A worker killed outright (SIGKILL, OOM) never runs ``close``; the supervisor starts a
+    new one, which takes the dead one's live gauges (``digits_worker``, queue depth) out of
+    the sums here. Its counters and histograms stay: those requests did happen."""
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+        except PermissionError:  # alive, another user's
+            pass
