@@ -193,7 +193,10 @@ def launch(nproc: int, argv: list[str]) -> None:
         raise DigitsError(f"Stopped by {signal.Signals(e.sigval).name}; the workers' own message above says what "
                           "was saved.", exit_code=code) from None
     except ChildFailedError as e:
-        code = min(f.exitcode for f in e.failures.values())  # an interrupted run: 130 on every rank
-        code = code if code > 0 else 1  # a worker killed by a signal
-        raise DigitsError(f"Training under torchrun failed (exit {code} on rank "
-                          f"{min(e.failures)}); the worker's message is above.", exit_code=code) from None
+        rank, first = e.get_first_failure()  # the others were stopped because of it
+        if first.exitcode < 0:  # killed by a signal (the OOM killer, kill -9): no message of its own
+            raise DigitsError(f"Training under torchrun failed: rank {rank} was killed by "
+                              f"{signal.Signals(-first.exitcode).name}, and torchrun stopped the others. No resume state was "
+                              "written (only Ctrl-C writes one).", exit_code=1) from None
+        raise DigitsError(f"Training under torchrun failed: rank {rank} exited with {first.exitcode}; its message "
+                          "is above.", exit_code=first.exitcode) from None
