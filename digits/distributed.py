@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from digits.cores import cores_per_process  # noqa: F401  (the CLI's import)
 from digits.errors import DigitsError, UsageError
 
 
@@ -83,11 +84,6 @@ class Dist:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
-
-
-def cores_per_process(n: int) -> int:
-    """The cores this process may use, shared by ``n`` processes on the machine (at least 1)."""
-    return max(1, len(os.sched_getaffinity(0)) // n)
 
 
 def shard_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, batch: int, dist: Dist) -> torch.Tensor:

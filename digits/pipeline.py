@@ -7,8 +7,8 @@ bf16/fp16 exports for the torch formats, an int8 ONNX calibrated on training ima
 
 A stage is skipped when its outputs exist and verify: MNIST against its manifest, a
 checkpoint against its sha256, an export against its manifest entry (sha256, parity
-passed, exported from the current checkpoint), a bench JSON newer than every export and
-covering every model and backend. ``force`` redoes everything. Completed stages stay on
+passed, exported from the current checkpoint), a bench JSON newer than every export with
+a record (run or failed) of every cell. ``force`` redoes everything. Completed stages stay on
 disk if a later one fails, so re-running resumes where it stopped.
 """
 
@@ -34,7 +34,9 @@ class RunConfig:
     force: bool = False
     html: bool = True
     precisions: list[str] | None = None  # None: fp32 + every reduced precision this CPU runs natively
-    bench: dict = field(default_factory=dict)  # BenchConfig overrides (the tests use tiny sweeps)
+    models: list[str] | None = None  # None: every registered model
+    bench_in_child: bool = True  # the bench stage in a fresh process (memory; tests of the wiring set False)
+    bench: dict = field(default_factory=dict)  # BenchConfig overrides (the tests use tiny sweeps, fewer backends)
 
     def resolved_precisions(self) -> list[str]:
         from digits.precision import resolve_precisions
@@ -81,17 +83,24 @@ def _export_ok(folder: Path, fmt: str, ckpt_sha: str, precision: str = "fp32") -
     return entry
 
 
-def _bench_ok(results: Path, exports_mtime: float, cells: list[tuple[str, str]]) -> dict | None:
+def _bench_ok(results: Path, exports_mtime: float, cells: list[tuple[str, str]], batch_sizes: list[int],
+              models: list[str] | None = None) -> dict | None:
+    """The newest bench JSON, if it is newer than every export and holds a record of every
+    model x backend x precision x batch size asked for. A cell that failed there counts as
+    done: its failure is a result (OpenVINO refusing bf16 on a CPU without it fails the same
+    way every time), and requiring it to pass re-ran the whole bench on every `digits run`."""
     files = sorted(results.glob("bench-cpu-*.json"), key=lambda p: p.stat().st_mtime)
     if not files or files[-1].stat().st_mtime < exports_mtime:
         return None
     report = json.loads(files[-1].read_text())
-    have = {(r["model"], r["backend"], r.get("precision", "fp32")) for r in report["records"] if not r["error"]}
-    return report if all((m, b, p) in have for m in list_models() for b, p in cells) else None
+    have = {(r["model"], r["backend"], r.get("precision", "fp32"), r["batch_size"]) for r in report["records"]}
+    want = {(m, b, p, n) for m in models or list_models() for b, p in cells for n in batch_sizes}
+    return report if want <= have else None
 
 
 def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
     from digits.bench.runner import BenchConfig, default_backends, pairs, run_bench
+    from digits.cores import release_memory
     from digits.bench.report import write_report
     from digits.data import load_splits, load_test
     from digits.export import export_model, get_format, list_formats, manifest_key
@@ -101,6 +110,7 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
 
     hooks = hooks or Hooks()
     res = RunResult()
+    models = cfg.models or list_models()
     stage = STAGES[0]
     try:
         hooks.stage(stage, 1, "fetch or verify MNIST")
@@ -109,7 +119,7 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
         stage = "train"
         hooks.stage(stage, 2, "default recipes")
         splits = None
-        for model in list_models():
+        for model in models:
             folder = checkpoint_dir(cfg.artifacts, model)
             man = None if cfg.force else _checkpoint_ok(folder, model)
             if man is None:
@@ -125,7 +135,7 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
         precisions = cfg.resolved_precisions()
         hooks.stage(stage, 3, f"every format, {'/'.join(precisions)}, parity on the test set")
         jobs = [(f, p) for p in precisions for f in list_formats() if p in get_format(f).precisions]
-        for model in list_models():
+        for model in models:
             for fmt, precision in jobs:
                 folder = checkpoint_dir(cfg.artifacts, model)
                 entry = None if cfg.force else _export_ok(folder, fmt, res.checkpoints[model]["weights_sha256"],
@@ -146,16 +156,21 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
                     entry = rec
                 res.exports[(model, manifest_key(fmt, precision))] = entry
         res.done.setdefault(stage, "skipped (exports verified)")
+        splits = None  # 60,000 training images: the bench and the report do not need them
+        release_memory()
 
         stage = "bench"
         hooks.stage(stage, 4, "CPU, every model x backend x precision x batch size")
-        bcfg = BenchConfig(backends=default_backends(), precisions=precisions, checkpoint=str(cfg.artifacts),
-                           artifacts=str(cfg.artifacts), **cfg.bench)
-        newest = max((checkpoint_dir(cfg.artifacts, m) / "exports.json").stat().st_mtime for m in list_models())
-        res.bench = None if cfg.force else _bench_ok(cfg.results, newest, pairs(bcfg)[0])
+        bcfg = BenchConfig(**{"backends": default_backends(), **cfg.bench}, precisions=precisions, models=models,
+                           checkpoint=str(cfg.artifacts), artifacts=str(cfg.artifacts))
+        newest = max((checkpoint_dir(cfg.artifacts, m) / "exports.json").stat().st_mtime for m in models)
+        res.bench = None if cfg.force else _bench_ok(cfg.results, newest, pairs(bcfg)[0], bcfg.batch_sizes, models)
         if res.bench is None:
-            res.bench = run_bench(bcfg, x, y)
-            write_report(res.bench, cfg.results)
+            if cfg.bench_in_child:
+                res.bench = bench_in_child(bcfg, cfg.data_root, cfg.results)
+            else:
+                res.bench = run_bench(bcfg, x, y)
+                write_report(res.bench, cfg.results)
             res.done[stage] = "ran"
         else:
             res.done[stage] = "skipped (bench results newer than the exports)"
@@ -163,13 +178,50 @@ def run_all(cfg: RunConfig, hooks: Hooks | None = None) -> RunResult:
         stage = "report"
         hooks.stage(stage, 5, "REPORT.md" + (" and REPORT.html" if cfg.html else ""))
         res.report = build_report(x, y, checkpoint=cfg.artifacts, artifacts=cfg.artifacts, results=cfg.results,
-                                  html_too=cfg.html)
+                                  html_too=cfg.html, models=models)
         res.done[stage] = "ran"
     except DigitsError as e:
         kept = ", ".join(s for s in STAGES if s in res.done) or "none"
         raise DigitsError(f"Stage '{stage}' failed: {e} Completed stages are kept ({kept}); fix the cause and run "
                           "`digits run` again to resume: finished, verified stages are skipped.", e.exit_code) from None
     return res
+
+
+def bench_in_child(bcfg, data_root: Path, results: Path) -> dict:
+    """The bench stage in a fresh Python process, as `digits bench` runs it: what training and
+    export left behind (1 GB of imported exporters, 60,000 training images, allocator state
+    and threads) then neither crowds nor slows it. `make run` peaked at 1.81 GB with the bench
+    in this process (docs/run.md). The settings go in as JSON, the report files are written
+    by the child and read back from disk; a failure comes back as its message and exit code."""
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    job = json.dumps({"config": asdict(bcfg), "data_root": str(data_root), "results": str(results)})
+    done = subprocess.run([sys.executable, "-c", "from digits.pipeline import _bench_child; _bench_child()"],
+                          input=job, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise DigitsError(lines[-1] if lines else f"the bench process exited with {done.returncode}",
+                          1 if done.returncode < 0 else done.returncode)
+    return json.loads(Path(done.stdout.strip().splitlines()[-1]).read_text())
+
+
+def _bench_child() -> None:
+    import sys
+
+    from digits.bench.report import write_report
+    from digits.bench.runner import BenchConfig, run_bench
+    from digits.data import load_test
+
+    job = json.loads(sys.stdin.read())
+    try:
+        x, y = load_test(Path(job["data_root"]))
+        report = run_bench(BenchConfig(**job["config"]), x, y)
+        print(write_report(report, Path(job["results"]))[0])
+    except DigitsError as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 def summary_rows(res: RunResult) -> list[dict]:

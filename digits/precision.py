@@ -1,9 +1,9 @@
 """Numeric precisions: which ones exist, which this machine runs natively, and what parity each must keep.
 
     fp32  the reference: every export must match eager to max_abs_diff <= 1e-4, agreement 1.0
-    bf16  bfloat16 weights and activations (AVX512-BF16 / AMX-BF16 on CPUs, any recent GPU)
-    fp16  float16 (GPUs; CPUs with AMX-FP16)
-    int8  onnxruntime static quantization (QDQ), calibrated on training images
+    bf16  bfloat16 weights and activations (AVX512-BF16 / AMX-BF16 / ARM BF16 on CPUs, any recent GPU)
+    fp16  float16 (GPUs; CPUs with AVX512-FP16 or AMX-FP16)
+    int8  onnxruntime static quantization (QDQ), calibrated on training images (x86 AVX2 and up, ARM dot-product)
 
 A reduced precision cannot match FP32 to 1e-4, so its parity is judged on what users
 feel: test accuracy within 0.2 points of FP32 and the same prediction on >= 99.5% of
@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
+import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,9 +30,11 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 FP32_THRESHOLDS = {"max_abs_diff": 1e-4, "argmax_agreement": 1.0}
 REDUCED_THRESHOLDS = {"accuracy_delta": 0.002, "argmax_agreement": 0.995}
 
-# /proc/cpuinfo flags that give a precision native (hardware) arithmetic on x86.
-CPU_FLAGS = ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
+# /proc/cpuinfo flags that decide a precision's path: x86's "flags" line, ARM64's "Features".
+X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
              "avx512_fp16", "amx_fp16")
+ARM_FLAGS = ("asimd", "asimddp", "bf16", "i8mm", "asimdhp", "sve")
+CPU_FLAGS = X86_FLAGS + ARM_FLAGS
 
 
 def check_precision(name: str) -> str:
@@ -52,19 +57,48 @@ def passes(precision: str, *, max_abs_diff: float, argmax_agreement: float, accu
     return abs(accuracy - eager_accuracy) <= t["accuracy_delta"] + 1e-12 and argmax_agreement >= t["argmax_agreement"]
 
 
+@dataclass(frozen=True)
+class Cpu:
+    """What the precision rules read of a CPU: its architecture and its flags. Tests build
+    one per kind of machine (:meth:`from_cpuinfo`); :func:`this_cpu` reads this machine."""
+    arch: str  # platform.machine(): x86_64, aarch64, ...
+    flags: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_cpuinfo(cls, text: str, arch: str) -> Cpu:
+        for line in text.splitlines():
+            if line.startswith(("flags", "Features")):
+                return cls(arch, frozenset(line.split(":", 1)[1].split()))  # every core lists the same flags
+        return cls(arch)
+
+    @property
+    def x86(self) -> bool:
+        return self.arch in ("x86_64", "AMD64", "i686")
+
+    @property
+    def arm64(self) -> bool:
+        return self.arch in ("aarch64", "arm64")
+
+
 @functools.lru_cache(maxsize=1)
-def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> dict[str, bool]:
-    """The precision-relevant x86 flags of this CPU (all False where /proc/cpuinfo is absent)."""
+def this_cpu(cpuinfo: str | None = None) -> Cpu:
+    """This machine's :class:`Cpu` (no flags where /proc/cpuinfo is absent: FP32 only).
+
+    ``DIGITS_CPUINFO`` names another file to read instead: under an emulator such as
+    ``qemu-x86_64 -cpu Haswell`` /proc/cpuinfo still describes the host, while the kernels
+    see the emulated CPU (docs/development.md runs the precision tests that way)."""
+    cpuinfo = cpuinfo or os.environ.get("DIGITS_CPUINFO") or "/proc/cpuinfo"
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return {f: False for f in CPU_FLAGS}
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-            break  # every core lists the same flags
-    return {f: f in flags for f in CPU_FLAGS}
+        text = ""
+    return Cpu.from_cpuinfo(text, platform.machine())
+
+
+def cpu_features(cpu: Cpu | None = None) -> dict[str, bool]:
+    """The precision-relevant flags of ``cpu`` (default: this machine's), for its architecture."""
+    cpu = cpu or this_cpu()
+    return {f: f in cpu.flags for f in (ARM_FLAGS if cpu.arm64 else X86_FLAGS)}
 
 
 def resolve_precisions(chosen: list[str] | None, device: str = "cpu") -> list[str]:
@@ -72,25 +106,48 @@ def resolve_precisions(chosen: list[str] | None, device: str = "cpu") -> list[st
     return [check_precision(p) for p in chosen] if chosen else native_precisions(device)
 
 
-def native_precisions(device: str = "cpu", features: dict[str, bool] | None = None) -> list[str]:
-    """fp32 plus every reduced precision this device computes in hardware, not emulated.
+def native_precisions(device: str = "cpu", cpu: Cpu | None = None) -> list[str]:
+    """fp32 plus every reduced precision this device has a hardware kernel path for.
 
-    CPU: bf16 needs AVX512-BF16 or AMX-BF16; int8 needs VNNI (AVX512 or AVX) or AMX-INT8;
-    fp16 needs AMX-FP16 (AVX512-FP16 alone is not used by PyTorch's or onnxruntime's
-    convolutions). CUDA: fp16 everywhere, bf16 from compute capability 8.0 (Ampere).
+    CPU: int8 on any x86-64 with AVX2 (VNNI or not: see :func:`int8_path`) or AMX-INT8,
+    and on ARM64 with the dot-product instructions; bf16 with AVX512-BF16, AMX-BF16 or
+    ARM's BF16; fp16 with AVX512-FP16 or AMX-FP16. CUDA: fp16 everywhere, bf16 from compute
+    capability 8.0 (Ampere). Whether a path is also *faster* than FP32 here is what the
+    bench measures and says (docs/bench.md), not something assumed.
     """
     if device == "cuda":
         major, _ = torch.cuda.get_device_capability()
         return ["fp32", "fp16"] + (["bf16"] if major >= 8 else [])
-    f = features if features is not None else cpu_features()
+    cpu = cpu or this_cpu()
+    f = cpu.flags
     out = ["fp32"]
-    if f.get("avx512_bf16") or f.get("amx_bf16"):
+    if f & {"avx512_bf16", "amx_bf16"} or (cpu.arm64 and "bf16" in f):
         out.append("bf16")
-    if f.get("amx_fp16"):
+    if f & {"avx512_fp16", "amx_fp16"}:
         out.append("fp16")
-    if f.get("avx512_vnni") or f.get("avx_vnni") or f.get("amx_int8"):
+    if int8_path(cpu) is not None:
         out.append("int8")
     return out
+
+
+def int8_path(cpu: Cpu | None = None) -> str | None:
+    """The int8 GEMM instructions onnxruntime's and OpenVINO's kernels pick here (by CPUID), or None.
+
+    Without VNNI, x86's u8 x s8 kernels multiply with ``vpmaddubsw``, which adds each pair of
+    products into a *saturating* int16: 255 x 127 x 2 overflows it, so a result can differ
+    from exact integer arithmetic (onnxruntime's quantization docs; ``reduce_range`` avoids it).
+    """
+    cpu = cpu or this_cpu()
+    f = cpu.flags
+    if cpu.arm64:
+        return "ARM dot-product (sdot/udot)" if "asimddp" in f else None
+    if not cpu.x86:
+        return None
+    if "amx_int8" in f:
+        return "AMX-INT8"
+    if "avx512_vnni" in f or "avx_vnni" in f:
+        return "AVX512-VNNI" if "avx512_vnni" in f else "AVX-VNNI"
+    return "AVX2 without VNNI (int16 pair sums saturate)" if "avx2" in f else None
 
 
 class AtPrecision(torch.nn.Module):

@@ -48,20 +48,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args: list[str], port: int) -> subprocess.Popen:
+def start(args: list[str], port: int, wait: bool = True) -> subprocess.Popen:
+    """`digits serve` on ``port``; with ``wait``, once it answers /healthz (else see :func:`wait_ready`)."""
     cmd = [sys.executable, "-c", "from digits.cli import app; app()", "serve", "--port", str(port), *args]
     # The server's stderr goes to a file, never an unread pipe: under a flood uvicorn logs a
     # warning per refused request, and a full pipe would block the server on that write.
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(cmd, stderr=log, text=True)
+    proc.log = log
+    return wait_ready(proc, port) if wait else proc
+
+
+def wait_ready(proc: subprocess.Popen, port: int) -> subprocess.Popen:
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
             return proc
         except OSError:
             if proc.poll() is not None:
-                log.seek(0)
-                raise SystemExit(f"digits serve did not start: {log.read()[-2000:]}") from None
+                proc.log.seek(0)
+                raise SystemExit(f"digits serve did not start: {proc.log.read()[-2000:]}") from None
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("digits serve did not answer /healthz within 60 s")

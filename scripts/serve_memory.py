@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import free_port, start  # noqa: E402
+from bench_serve import free_port, start, wait_ready  # noqa: E402
 
 from digits._io import atomic_write_result  # noqa: E402
 from digits.bench.environment import cpu_name  # noqa: E402
@@ -53,9 +53,10 @@ def big_jpeg(megapixels: float) -> bytes:
 
 
 def measure(artifacts: Path, clients: int, megapixels: float) -> dict:
-    body = big_jpeg(megapixels)
     port = free_port()
-    proc = start(["--models", "lenet5", "--artifacts", str(artifacts)], port)
+    proc = start(["--models", "lenet5", "--artifacts", str(artifacts)], port, wait=False)
+    body = big_jpeg(megapixels)  # while the server starts
+    wait_ready(proc, port)
     url = f"http://127.0.0.1:{port}/v1/predict?model=lenet5"
 
     def post() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -15,23 +16,89 @@ from digits.bench.runner import BenchConfig, pairs, run_bench
 from digits.cli import app
 from digits.errors import DigitsError, UsageError
 from digits.export import artifact_name, export_model, read_exports, verify_path
-from digits.precision import at_precision, cpu_features, native_precisions, passes, thresholds
+import digits.precision as precision_mod
+from digits.bench.probes import gemm_probes
+from digits.precision import (
+    Cpu,
+    at_precision,
+    cpu_features,
+    int8_path,
+    native_precisions,
+    passes,
+    resolve_precisions,
+    this_cpu,
+    thresholds,
+)
 
 runner = CliRunner()
 QUICK = dict(warmup=1, min_iters=3, min_time=0.0, rounds=1, threads=2)
-NONE = {f: False for f in cpu_features()}
+
+# The four kinds of CPU this project meets, as their /proc/cpuinfo reads (flags trimmed to
+# the ones that matter plus a few neighbours, so a rule keyed on the wrong flag would show).
+KINDS = {
+    "intel-amx": Cpu.from_cpuinfo("flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512dq avx512bw avx512vl avx512_vnni "
+                                  "avx512_bf16 avx_vnni avx512_fp16 amx_bf16 amx_tile amx_int8\n", "x86_64"),
+    "amd-avx512-bf16": Cpu.from_cpuinfo("flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512dq avx512bw avx512vl "
+                                        "avx512_vnni avx512_bf16 avx512_vbmi2 gfni vaes\n", "x86_64"),
+    "amd-avx2": Cpu.from_cpuinfo("flags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 sha_ni vaes vpclmulqdq\n", "x86_64"),
+    "arm64-dotprod": Cpu.from_cpuinfo("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 "
+                                      "sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\n", "aarch64"),
+}
+SWEPT = {"intel-amx": ["fp32", "bf16", "fp16", "int8"], "amd-avx512-bf16": ["fp32", "bf16", "int8"],
+         "amd-avx2": ["fp32", "int8"], "arm64-dotprod": ["fp32", "int8"]}
+INT8_PATH = {"intel-amx": "AMX-INT8", "amd-avx512-bf16": "AVX512-VNNI", "amd-avx2": "AVX2 without VNNI",
+             "arm64-dotprod": "ARM dot-product"}
+
+
+@pytest.fixture(params=list(KINDS))
+def kind(request, monkeypatch):
+    """Every digits function that asks which CPU this is gets this kind's answer."""
+    monkeypatch.setattr(precision_mod, "this_cpu", lambda *a: KINDS[request.param])
+    return request.param
 
 
 # --------------------------------------------------------------------------- detection and thresholds
-@pytest.mark.parametrize("flags, expected", [
-    ({}, ["fp32"]),
-    ({"avx512_vnni": True}, ["fp32", "int8"]),
-    ({"avx512_bf16": True, "avx512_vnni": True}, ["fp32", "bf16", "int8"]),
-    ({"amx_bf16": True, "amx_int8": True, "amx_fp16": True}, ["fp32", "bf16", "fp16", "int8"]),
-    ({"avx512_fp16": True}, ["fp32"]),  # no convolution kernel of torch or onnxruntime uses it
+def test_each_kind_of_cpu_sweeps_its_native_precisions(kind):
+    assert native_precisions("cpu") == SWEPT[kind] == resolve_precisions(None)
+    assert INT8_PATH[kind] in int8_path()
+    assert BenchConfig(backends=["eager"]).resolved_precisions() == SWEPT[kind]
+
+
+def test_each_kind_of_cpu_probes_exactly_what_it_sweeps(kind):
+    cfg = BenchConfig(backends=["eager", "onnxruntime", "openvino"])
+    keep, left = pairs(cfg)
+    runs = {"fp32": ["eager", "onnxruntime", "openvino"], "bf16": ["eager", "openvino"],
+            "fp16": ["eager", "openvino"], "int8": ["onnxruntime", "openvino"]}  # what each backend has a path for
+    assert keep == [(b, p) for p in SWEPT[kind] for b in runs[p]]  # int8 on every one of the four kinds
+    assert ("onnxruntime bf16: onnxruntime has no bf16 path" in left) is ("bf16" in SWEPT[kind])
+    names = set(gemm_probes("cpu", 2, SWEPT[kind], cfg.backends))
+    want = {"torch.mm", "onnxruntime MatMul", "onnxruntime MatMulInteger"} | {f"openvino MatMul {p}" for p in SWEPT[kind]}
+    want |= {f"torch.mm {p}" for p in ("bf16", "fp16") if p in SWEPT[kind]}
+    assert names == want
+
+
+def test_each_kind_of_cpu_is_recorded_in_the_bench_environment(kind):
+    from digits.bench.environment import environment
+
+    env = environment(BenchConfig(backends=["eager"]))
+    assert env["native_precisions"] == env["precisions"] == SWEPT[kind]
+    assert INT8_PATH[kind] in env["int8_path"] and env["cpu_features"] == cpu_features()
+    assert all(env["cpu_features"][f] for f in ("asimddp",) if kind == "arm64-dotprod")
+    assert env["cpu_features"].get("avx2", False) is (kind != "arm64-dotprod")
+
+
+@pytest.mark.parametrize("flags, arch, expected", [
+    ("", "x86_64", ["fp32"]),  # no /proc/cpuinfo flags: FP32 only
+    ("sse4_2 avx", "x86_64", ["fp32"]),  # pre-AVX2 x86: no int8 kernel onnxruntime would pick
+    ("avx2 fma", "x86_64", ["fp32", "int8"]),
+    ("avx2 avx512_fp16", "x86_64", ["fp32", "fp16", "int8"]),
+    ("avx2 amx_bf16 amx_int8 amx_fp16", "x86_64", ["fp32", "bf16", "fp16", "int8"]),
+    ("fp asimd", "aarch64", ["fp32"]),  # ARM64 without dot-product
+    ("fp asimd asimddp bf16 i8mm", "aarch64", ["fp32", "bf16", "int8"]),
+    ("bf16 asimddp", "x86_64", ["fp32"]),  # ARM flag names mean nothing on x86
 ])
-def test_native_precisions_follow_the_cpu_flags(flags, expected):
-    assert native_precisions("cpu", {**NONE, **flags}) == expected
+def test_native_precisions_follow_the_flags_and_the_architecture(flags, arch, expected):
+    assert native_precisions("cpu", Cpu(arch, frozenset(flags.split()))) == expected
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 5), ["fp32", "fp16"]), ((9, 0), ["fp32", "fp16", "bf16"])])
@@ -40,12 +107,12 @@ def test_native_precisions_on_cuda_follow_the_compute_capability(monkeypatch, ca
     assert native_precisions("cuda") == expected
 
 
-def test_cpu_features_read_the_flags_line(tmp_path):
+def test_this_cpu_reads_the_first_flags_line(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: fpu\n")
-    got = cpu_features.__wrapped__(str(info))
-    assert got["avx512_bf16"] and got["amx_tile"] and got["avx512f"] and not got["amx_int8"]
-    assert not any(cpu_features.__wrapped__(str(tmp_path / "absent")).values())
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: fpu\n")
+    got = cpu_features(this_cpu.__wrapped__(str(info)))
+    assert got["avx512_bf16"] and got["amx_tile"] and got["avx2"] and not got["amx_int8"]
+    assert this_cpu.__wrapped__(str(tmp_path / "absent")).flags == frozenset()
 
 
 @pytest.mark.parametrize("precision, figures, ok", [
@@ -133,15 +200,30 @@ def test_int8_export_is_quantized_qdq_with_its_settings_recorded(int8_export, sp
     model = onnx.load(rec["path"])
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # QDQ around FP32-typed ops
-    assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)  # int8 weights
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights  # int8 weights, in 7 bits: no u8 x s8 pair can saturate an int16 on x86 without VNNI
+    assert all(w.min() >= -64 and w.max() <= 64 for w in weights) and max(w.max() for w in weights) > 32  # [-64, 64]
     entry = read_exports(out / "lenet5")["formats"]["onnx-int8"]
     settings = entry["int8"]
-    assert settings["quant_format"] == "QDQ" and settings["per_channel"] is True
+    assert settings["quant_format"] == "QDQ" and settings["per_channel"] is True and settings["reduce_range"] is True
     assert settings["calibration_source"] == "MNIST train split"
     assert settings["calibration_images"] == min(1000, len(splits.train_x))
     assert calls and calls[0] is splits.train_x  # calibrated on training images, never the test set
     assert entry["thresholds"] == thresholds("int8") and entry["precision"] == "int8"
     assert 0.9 < rec["argmax_agreement"] <= 1.0 and rec["max_abs_diff"] > 1e-3
+
+
+def test_int8_export_quantizes_the_verified_fp32_file_beside_it(exported, trained, test_set, splits, tmp_path):
+    import shutil
+
+    shutil.copytree(trained / "mlp", tmp_path / "mlp")
+    rec = export_model("mlp", "onnx", *test_set, checkpoint=tmp_path, out=tmp_path, precision="int8", train_x=splits.train_x)
+    assert read_exports(tmp_path / "mlp")["formats"]["onnx-int8"]["quantized_from"] == "model.onnx"
+    assert rec["precision"] == "int8" and rec["max_abs_diff"] > 1e-3  # quantized, not a copy
+    onnx_file = tmp_path / "mlp" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")  # no longer what the manifest says: exported afresh
+    export_model("mlp", "onnx", *test_set, checkpoint=tmp_path, out=tmp_path, precision="int8", train_x=splits.train_x)
+    assert "quantized_from" not in read_exports(tmp_path / "mlp")["formats"]["onnx-int8"]
 
 
 def test_int8_export_without_training_images_is_an_error(trained, test_set, tmp_path):
@@ -203,14 +285,50 @@ def test_a_precision_without_an_artifact_is_an_error_cell(exported, trained, tes
     assert "eager does not run int8" in cells["eager", "int8"]["error"] and cells["pt2", "int8"]["error"]
 
 
-def test_onnxruntime_int8_probe_multiplies_integers():
+def _saturating_u8s8(a, b):
+    """What x86 without VNNI computes for u8 x s8: ``vpmaddubsw`` adds each adjacent pair of
+    products into a saturating int16, then the int16s are summed in int32 (checked against
+    onnxruntime's AVX2 kernel under `qemu-x86_64 -cpu Haswell`)."""
+    import numpy as np
+
+    pairs = a[:, 0::2, None] * b[None, 0::2, :] + a[:, 1::2, None] * b[None, 1::2, :]
+    return np.clip(pairs, -32768, 32767).sum(1)
+
+
+def test_onnxruntime_int8_probe_multiplies_as_this_cpu_documents():
     import numpy as np
 
     call, flops = onnxruntime_matmul_probe(threads=1, n=32, int8=True)
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 255, (32, 32), dtype=np.uint8)
-    b = rng.integers(-127, 127, (32, 32), dtype=np.int8)
-    assert (call()[0] == a.astype(np.int32) @ b.astype(np.int32)).all() and flops == 2 * 32 ** 3
+    a = rng.integers(0, 255, (32, 32), dtype=np.uint8).astype(np.int32)  # the probe's own inputs
+    b = rng.integers(-127, 127, (32, 32), dtype=np.int8).astype(np.int32)
+    exact = a @ b
+    # VNNI, AMX and ARM's dot products sum in int32: exact. x86 without VNNI saturates pairs,
+    # as onnxruntime's quantization docs say; these inputs do saturate there (255 x 127 x 2).
+    expected = _saturating_u8s8(a, b) if "without VNNI" in (int8_path() or "") else exact
+    assert (call()[0] == expected).all() and flops == 2 * 32 ** 3
+    assert not (_saturating_u8s8(a, b) == exact).all()  # the two expectations really differ
+
+
+def test_int8_products_that_cannot_saturate_are_exact_on_every_cpu():
+    import numpy as np
+
+    from digits.export.onnx import make_model, make_session
+    from onnx import TensorProto, helper
+
+    # 7-bit weights (onnxruntime's reduce_range: [-64, 64]): 255 x 64 x 2 = 32,640 fits an
+    # int16, so every kernel, saturating or not, must give exact int32 arithmetic.
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (16, 64), dtype=np.uint8)
+    b = rng.integers(-64, 65, (64, 8), dtype=np.int8)
+    io = [helper.make_tensor_value_info("a", TensorProto.UINT8, [16, 64]),
+          helper.make_tensor_value_info("b", TensorProto.INT8, [64, 8]),
+          helper.make_tensor_value_info("c", TensorProto.INT32, [16, 8])]
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "mm", io[:2], io[2:])
+    session = make_session(make_model(graph).SerializeToString(), "cpu", threads=1)
+    got = session.run(None, {"a": a, "b": b})[0]
+    assert (got == a.astype(np.int32) @ b.astype(np.int32)).all()
+    assert (_saturating_u8s8(a.astype(np.int32), b.astype(np.int32)) == got).all()
 
 
 def test_cli_bad_precision_exits_2():

@@ -15,8 +15,9 @@ import torch
 
 from digits.bench.timing import harness_overhead_ms
 from digits.checkpoint import now_iso
+from digits.cores import usable_cores
 from digits.export import runtime_versions
-from digits.precision import cpu_features, native_precisions
+from digits.precision import cpu_features, int8_path, native_precisions
 
 METHOD = {  # what the timed figures mean (docs/bench.md), written into every report
     "latency": "host clock around one call plus the device sync that makes its output ready; p50/p90/p99 of those",
@@ -45,11 +46,13 @@ def environment(cfg) -> dict:
         versions, errors["runtime_versions"] = {}, reason(e)
     return {
         "date": now_iso(),
-        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "usable_cores": usable_cores(), "threads": torch.get_num_threads(),
         "device": cfg.device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
         **versions, **_openvino_version(), **gpu_facts(cuda),
-        "cpu_features": cpu_features(),  # the flags that decide which precisions are native
+        "cpu_features": cpu_features(),  # the flags that decide which precisions are native ...
+        "cpu_flags_from": os.environ.get("DIGITS_CPUINFO") or "/proc/cpuinfo",  # ... and where they were read
         "native_precisions": native_precisions(cfg.device),
+        "int8_path": int8_path() if cfg.device == "cpu" else None,  # which int8 instructions the CPU kernels use
         "precisions": cfg.resolved_precisions(),
         "left_out": [],  # backend/precision pairs with no path, not swept
         "peak_gflops": None,  # fastest FP32 GEMM probe; filled by run_bench from probes interleaved with the cells

@@ -22,17 +22,18 @@ import time
 import numpy as np
 import torch
 
-from digits.bench.timing import matmul_probe
+from digits.bench.environment import reason
+from digits.bench.timing import gflops, matmul_probe
 
 Probe = tuple[Callable[[], object], int]
 
 TARGET_CALL_S = 0.01  # one call this long is past launch and cache effects, yet cheap
-PROBE_BUDGET_S = 1.0  # what one probe may spend on timed calls over all rounds (runner)
+PROBE_BUDGET_S = 1.0  # what one probe may spend on timed calls over all rounds (runner), at most 2 x --min-time
 N_RANGE = {"cpu": (128, 2048), "cuda": (1024, 8192)}  # a GPU needs large n to reach its peak
 
 
-def sized(build: Callable[[int], Probe], device: str = "cpu", target_s: float = TARGET_CALL_S) -> Probe:
-    """``build(n)`` for the smallest power-of-two n whose call takes ``target_s`` (or the
+def sized(build: Callable[[int], Probe], device: str = "cpu", target_s: float = TARGET_CALL_S) -> tuple[Probe, int]:
+    """``(build(n), n)`` for the smallest power-of-two n whose call takes ``target_s`` (or the
     device's largest n). Each size is called twice: the first call pays one-off set-up."""
     n, n_max = N_RANGE[device]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -44,7 +45,7 @@ def sized(build: Callable[[int], Probe], device: str = "cpu", target_s: float = 
         probe[0]()
         sync()
         if time.perf_counter() - t0 >= target_s or n >= n_max:
-            return probe
+            return probe, n
         n *= 2
 
 
@@ -106,20 +107,69 @@ def openvino_matmul_probe(threads: int, precision: str, n: int = 2048) -> Probe:
 
 
 def gemm_probes(device: str, threads: int, precisions: list[str], backends: list[str]) -> dict[str, tuple[str, Callable]]:
-    """``{name: (precision, maker)}`` for every probe worth running for this sweep: only the
-    ``precisions`` its cells run, each probe sized by time (:func:`sized`)."""
+    """``{name: (precision, build)}`` for every probe worth running for this sweep: only the
+    ``precisions`` its cells run. ``build(n)`` makes the probe at size n (:func:`sized` picks n)."""
     makers: dict[str, tuple[str, Callable]] = {}
     for p in ("fp32", "bf16", "fp16"):
         if p in precisions:
-            makers["torch.mm" + ("" if p == "fp32" else f" {p}")] = (
-                p, lambda p=p: sized(lambda n: matmul_probe(device, n=n, dtype=p), device))
+            makers["torch.mm" + ("" if p == "fp32" else f" {p}")] = (p, lambda n, p=p: matmul_probe(device, n=n, dtype=p))
     if device == "cpu":
         if "fp32" in precisions:
-            makers["onnxruntime MatMul"] = ("fp32", lambda: sized(lambda n: onnxruntime_matmul_probe(threads, n=n)))
+            makers["onnxruntime MatMul"] = ("fp32", lambda n: onnxruntime_matmul_probe(threads, n=n))
         if "int8" in precisions:
-            makers["onnxruntime MatMulInteger"] = (
-                "int8", lambda: sized(lambda n: onnxruntime_matmul_probe(threads, n=n, int8=True)))
+            makers["onnxruntime MatMulInteger"] = ("int8", lambda n: onnxruntime_matmul_probe(threads, n=n, int8=True))
         if "openvino" in backends:
             for p in precisions:
-                makers[f"openvino MatMul {p}"] = (p, lambda p=p: sized(lambda n: openvino_matmul_probe(threads, p, n=n)))
+                makers[f"openvino MatMul {p}"] = (p, lambda n, p=p: openvino_matmul_probe(threads, p, n=n))
     return makers
+
+
+class GemmProbes:
+    """The sweep's GEMM probes. Each is built when its turn comes (sized by time the first
+    time, at that size after), timed for a number of rounds, and freed: a probe's matrices
+    (up to 2048 x 2048 of each operand, in every precision and runtime: 220 MB here) never
+    sit in memory beside a model's loaded runtimes. The runner times them after each model's
+    cells, so a machine that changes speed during a sweep moves cells and probes together."""
+
+    def __init__(self, device: str, threads: int, backends: list[str]):
+        self.device, self.threads, self.backends = device, threads, backends
+        self.sizes: dict[str, int] = {}  # name -> n, once sized
+        self.flops: dict[str, int] = {}
+        self.precision: dict[str, str] = {}
+        self.timings: dict = {}  # name -> pooled Timing
+        self.errors: dict[str, str] = {}  # name -> why it could not be built or run
+
+    def run(self, precisions: list[str], rounds: int, min_iters: int, max_time: float) -> None:
+        """Time every probe of ``precisions`` for ``rounds`` slices of ``max_time`` each."""
+        from digits.bench.timing import measure
+
+        for name, (precision, build) in gemm_probes(self.device, self.threads, precisions, self.backends).items():
+            if name in self.errors:
+                continue  # a probe that failed once is not tried again
+            try:
+                if name in self.sizes:
+                    call, flops = build(self.sizes[name])
+                else:
+                    (call, flops), self.sizes[name] = sized(build, self.device)
+                self.flops[name], self.precision[name] = flops, precision
+                for _ in range(rounds):
+                    t = measure(call, device=self.device, warmup=1 if name in self.timings else 2, min_iters=min_iters,
+                                min_time=0.0, max_time=max_time)
+                    self.timings[name] = self.timings[name].extend(t) if name in self.timings else t
+            except Exception as e:  # noqa: BLE001 - a probe is a second opinion, never the main job
+                self.errors[name] = reason(e)
+                self.timings.pop(name, None)
+            finally:
+                call = None  # the probe's operands go now, not when the next one is built
+
+    def record(self, env: dict) -> None:
+        """Every probe's rate and precision into ``env``, and the fastest of each precision (the peaks)."""
+        env["gemm_gflops"] = {name: gflops(self.flops[name], t) for name, t in self.timings.items()}
+        env["gemm_precision"] = {name: self.precision[name] for name in self.timings}
+        env["probe_errors"].update(self.errors)
+        peaks: dict[str, float] = {}
+        for name, rate in env["gemm_gflops"].items():
+            p = env["gemm_precision"][name]
+            peaks[p] = max(peaks.get(p, 0.0), rate)
+        env["peak_gflops_by_precision"] = peaks
+        env["peak_gflops"] = peaks.get("fp32")  # None if every FP32 probe failed: no FP32 efficiency

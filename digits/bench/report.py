@@ -84,11 +84,15 @@ def to_markdown(report: dict) -> str:
              f"- CPU: {env['cpu']}, {env['cores']} cores, {env['threads']} threads",
              f"- torch {env.get('torch', '?')}, onnxruntime {env.get('onnxruntime', '?')}, onnx {env.get('onnx', '?')}"
              f"{', openvino ' + env['openvino'] if env.get('openvino') else ''}, python {env.get('python', '?')}",
-             f"- CPU features: {features(env)}; precisions swept: {', '.join(env.get('precisions') or ['fp32'])}",
+             f"- CPU features: {features(env)}; precisions swept: {', '.join(env.get('precisions') or ['fp32'])}"
+             + (f"; int8 kernels: {env['int8_path']}" if env.get("int8_path") else ""),
              f"- GEMM probes: {gemm_summary(env)}; timer overhead {env['harness_overhead_ms'] * 1e3:.2f} us",
              f"- round spread (median over cells of slowest/fastest round p50 - 1): {_fmt(env.get('round_spread'), '.1%')}",
-             "", "| model | backend | precision | batch | p50 ms | p90 ms | p99 ms | first ms | img/s | accuracy | "
-             "parity | efficiency | error |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+             ""]
+    if summary := summary_lines(report["records"]):
+        lines += ["## Summary", "", *[f"- {s}" for s in summary], ""]
+    lines += ["| model | backend | precision | batch | p50 ms | p90 ms | p99 ms | first ms | img/s | accuracy | "
+              "parity | efficiency | error |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in report["records"]:
         lines.append(f"| {r['model']} | {r['backend']} | {r.get('precision', 'fp32')} | {r['batch_size']} | "
                      f"{_fmt(r['p50_ms'], '.4f')} | "
@@ -127,8 +131,10 @@ def fastest(records: list[dict]) -> set[tuple]:
 
 
 def best_cells(records: list[dict], batch: int = 256) -> list[dict]:
-    """Per model: the fastest cell at ``batch`` overall, the fastest FP32 cell, and the accuracy
-    cost of the former against the latter (points): the bench's one-line verdict."""
+    """Per model: the fastest trusted cell at ``batch`` whatever its precision, the fastest
+    FP32 cell, the accuracy cost of the former against the latter (points), and for every
+    reduced precision its own fastest cell against FP32's (``by_precision``: a ratio under 1
+    means that precision is slower than FP32 on this machine). The bench's verdict."""
     rows = []
     for model in sorted({r["model"] for r in records}):
         ok = [r for r in records if r["model"] == model and r["batch_size"] == batch and trusted(r)]
@@ -136,12 +142,36 @@ def best_cells(records: list[dict], batch: int = 256) -> list[dict]:
         if not ok or not fp32:
             continue
         top, top32 = max(ok, key=lambda r: r["throughput"]), max(fp32, key=lambda r: r["throughput"])
+        by_precision = {}
+        for precision in sorted({r.get("precision", "fp32") for r in ok} - {"fp32"}):
+            best = max((r for r in ok if r.get("precision") == precision), key=lambda r: r["throughput"])
+            by_precision[precision] = {"backend": best["backend"], "throughput": best["throughput"],
+                                       "vs_fp32": best["throughput"] / top32["throughput"],
+                                       "accuracy_cost_points": (top32["accuracy"] - best["accuracy"]) * 100}
         rows.append({"model": model, "batch_size": batch, "backend": top["backend"], "precision": top.get("precision", "fp32"),
                      "throughput": top["throughput"], "accuracy": top["accuracy"], "fp32_backend": top32["backend"],
                      "fp32_throughput": top32["throughput"], "fp32_accuracy": top32["accuracy"],
                      "speedup": top["throughput"] / top32["throughput"],
-                     "accuracy_cost_points": (top32["accuracy"] - top["accuracy"]) * 100})
+                     "accuracy_cost_points": (top32["accuracy"] - top["accuracy"]) * 100, "by_precision": by_precision})
     return rows
+
+
+def summary_lines(records: list[dict], batch: int | None = None) -> list[str]:
+    """One plain sentence per model: the fastest trusted cell at ``batch`` (default: the
+    largest swept), and how each reduced precision compares with FP32 here, slower ones
+    said to be slower."""
+    if batch is None:
+        batch = max((r["batch_size"] for r in records), default=256)
+    lines = []
+    for v in best_cells(records, batch):
+        text = (f"{v['model']} at batch {batch}: fastest is {v['backend']} {v['precision']}, {v['throughput']:,.0f} img/s"
+                + ("" if v["precision"] == "fp32" else
+                   f", {v['speedup']:.2f}x the best FP32 cell ({v['fp32_backend']}, {v['fp32_throughput']:,.0f} img/s) "
+                   f"at {v['accuracy_cost_points']:+.2f} accuracy points"))
+        others = [f"{p} {b['vs_fp32']:.2f}x FP32 ({b['backend']}" + (", slower than FP32 here)" if b["vs_fp32"] < 1 else ")")
+                  for p, b in v["by_precision"].items()]
+        lines.append(text + (f"; best of each precision: {', '.join(others)}" if others else "") + ".")
+    return lines
 
 
 def table(report: dict) -> Table:
@@ -208,7 +238,7 @@ def plot(report: dict, out: Path) -> list[Path]:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(f"Latency vs batch size, {env['device_name']} ({env['device']}), {env['date'][:10]}")
-    fig.tight_layout(rect=(0, 0.06 * (1 + (len(backends) - 1) // 6), 1, 1))
+    fixed_margins(fig, top=0.65, bottom=0.9 + 0.2 * ((len(labels) - 1) // 6), wspace=0.3)
     paths = [_save(fig, out / f"{stem(report)}-latency.png")]
     plt.close(fig)
 
@@ -225,7 +255,7 @@ def plot(report: dict, out: Path) -> list[Path]:
     ax.set(xscale="log", xlabel="batch-1 p50 latency (us, log)", ylabel="test accuracy (%)",
            title=f"Accuracy vs batch-1 latency, {env['device']}, {env['date'][:10]}")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    fixed_margins(fig)
     paths.append(_save(fig, out / f"{stem(report)}-accuracy.png"))
     plt.close(fig)
     return paths
@@ -234,6 +264,14 @@ def plot(report: dict, out: Path) -> list[Path]:
 def cell_label(r: dict) -> str:
     """'onnxruntime int8': a record's backend and precision (files before precisions: fp32)."""
     return f"{r['backend']} {r.get('precision', 'fp32')}"
+
+
+def fixed_margins(fig, left: float = 0.75, right: float = 0.2, top: float = 0.45, bottom: float = 0.6,
+             wspace: float = 0.2) -> None:
+    """Fixed margins in inches: what tight_layout would find for these figures, without the
+    ~0.4 s it spends measuring every tick label (every bench and test pays for the plots)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h, wspace=wspace)
 
 
 def _save(fig, path: Path) -> Path:

@@ -55,9 +55,10 @@ def bench(
 ):
     """Measure accuracy, latency and throughput for models x backends x batch sizes.
     """
-    from digits.bench.report import cell_label, missed_parity, write_report, write_samples
+    from digits.bench.report import cell_label, missed_parity, summary_lines, write_report, write_samples
     from digits.bench.report import table as bench_table
-    from digits.bench.runner import UNSTABLE_SPREAD, BenchConfig, default_backends, pairs, run_bench
+    from digits.bench.records import UNSTABLE_SPREAD
+    from digits.bench.runner import BenchConfig, default_backends, pairs, run_bench
     from digits.train import resolve_device
 
     dev = resolve_device(device.value).type
@@ -86,6 +87,8 @@ def bench(
         emit_json(report)
     elif not failed_all:  # a table of nothing but failures says less than the one error below
         out.print(bench_table(report))
+        for line in summary_lines(report["records"]):
+            out.print(line, highlight=False)
         out.print("Wrote " + ", ".join(str(p) for p in paths), highlight=False)
     if failed_all:
         raise DigitsError(f"Every cell failed (the records are in {paths[0]}); the first error: {errors[0]['error']}")

@@ -52,11 +52,15 @@ def run(
     results: Annotated[Path, typer.Option("--results", help="Bench output and REPORT.md folder.")] = Path("results"),
     precisions: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated precisions to export "
                                                    "and bench (default: fp32 + every one this CPU runs natively).")] = None,
+    models_: Annotated[str | None, typer.Option("--models", show_default=False, help="Comma-separated models "
+                                                "(default: all of them).")] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ):
     """The whole job: data, train all, export every format and precision, CPU bench, report (what `make run` calls)."""
 
+    from digits.errors import UsageError
+    from digits.models import list_models
     from digits.pipeline import STAGES, Hooks, RunConfig, run_all, summary_rows
 
     t0 = time.perf_counter()
@@ -82,8 +86,12 @@ def run(
     chosen = csv_list(precisions, "precisions") if precisions else None
     if chosen:
         resolve_precisions(chosen)  # an unknown precision is bad usage, before any stage runs
+    models = csv_list(models_, "models") if models_ else None
+    for m in models or []:
+        if m not in list_models():  # bad usage, before any stage runs
+            raise UsageError(f"Unknown model {m!r}. Choose from: {', '.join(list_models())}.")
     res = run_all(RunConfig(data_root=data_root(data_dir), artifacts=artifacts, results=results, force=force,
-                            precisions=chosen), CliHooks())
+                            precisions=chosen, models=models), CliHooks())
     rows = summary_rows(res)
     if as_json:
         return emit_json({"stages": res.done, "models": rows, "report": res.report,

@@ -35,7 +35,7 @@ def serve(
     decode_concurrency: Annotated[int, typer.Option(min=1, help="Uploaded images decoded at once (bounds memory).")] = 4,
 ):
     """Serve the exported models: a drawing page at / and a JSON API at /v1/predict."""
-    from digits.distributed import cores_per_process
+    from digits.cores import cores_per_process
     from digits.serve import ServeConfig, create_app
     from digits.serve.app import load_models
     from digits.serve.server import run_server, run_workers

@@ -49,6 +49,7 @@ def train(
 ):
     """Train one model or all of them; writes <out>/<model>/model.safetensors + manifest.json."""
     from digits import distributed
+    from digits.cores import cores_per_process
     from digits.data import load_splits
     from digits.errors import DigitsError
     from digits.sources import ensure_mnist
@@ -65,7 +66,7 @@ def train(
     if distributed.launched():  # a worker that torchrun or Slurm started
         dist = distributed.init_from_env(resolve_device(device.value))
         if threads is None:  # the machine's cores, shared by the ranks on it
-            cfgs = [replace(c, threads=distributed.cores_per_process(dist.local_world)) for c in cfgs]
+            cfgs = [replace(c, threads=cores_per_process(dist.local_world)) for c in cfgs]
     try:
         root = data_root(data_dir)
         if dist.local_rank == 0:  # one download or check per machine; the others wait for it

@@ -70,7 +70,7 @@ def export_model(model: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
     try:
         source = eager if precision in ("fp32", "int8") else at_precision(eager, precision)
         extra = exporter.export(source, path, opset=opset, model_name=model, precision=precision,
-                                train_x=train_x, int8=int8)
+                                train_x=train_x, int8=int8, fp32_onnx=_fp32_onnx(folder, ckpt, opset, precision))
     except DigitsError:
         raise
     except Exception as e:  # noqa: BLE001 - exporters raise many types; the user needs the gist
@@ -85,6 +85,21 @@ def export_model(model: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
     manifest["formats"][manifest_key(fmt, precision)] = entry
     atomic_write_json(folder / EXPORTS, manifest)
     return _record(model, fmt, path, entry)
+
+
+def _fp32_onnx(folder: Path, ckpt: dict, opset: int, precision: str) -> Path | None:
+    """For an int8 export: the FP32 ``model.onnx`` beside it, if it was exported from this very
+    checkpoint at this opset and still matches its manifest. The exporter is deterministic
+    (tests/test_export.py), so quantizing it is quantizing a fresh export, without the ~2 s."""
+    if precision != "int8":
+        return None
+    entry = read_exports(folder)["formats"].get("onnx")
+    if not entry or entry.get("checkpoint_sha256") != ckpt["weights_sha256"] or entry.get("opset") != opset:
+        return None
+    try:
+        return checked_path(folder / entry["file"])
+    except DigitsError:
+        return None
 
 
 def _entry_for(path: Path) -> dict:

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import io
 import logging
-import os
 import sys
 import tempfile
 import warnings
@@ -24,6 +23,7 @@ from torch import nn
 
 import digits
 from digits._io import atomic_path
+from digits.cores import usable_cores
 from digits.data import MEAN, STD, check_input
 from digits.errors import RuntimeMissing, DigitsError, UsageError
 from digits.export._registry import Runner, example_input, register_format
@@ -103,12 +103,16 @@ class Onnx:
     precisions = ("fp32", "int8")
 
     def export(self, model: nn.Module, path: Path, *, opset: int = DEFAULT_OPSET, model_name: str = "",
-               precision: str = "fp32", train_x: torch.Tensor | None = None, int8=None, **_) -> dict:
+               precision: str = "fp32", train_x: torch.Tensor | None = None, int8=None,
+               fp32_onnx: Path | None = None, **_) -> dict:
         if precision == "int8":  # FP32 first, then onnxruntime's static quantization of that file
             from digits.export.quantize import Int8Settings, quantize_int8
 
             if train_x is None:
                 raise DigitsError("int8 export needs training images for calibration (train_x).")
+            if fp32_onnx is not None:  # the verified FP32 export of the same checkpoint and opset
+                return {"opset": opset, "input": "input", "output": "logits", "quantized_from": fp32_onnx.name,
+                        **quantize_int8(fp32_onnx, path, train_x, int8 or Int8Settings())}
             with tempfile.TemporaryDirectory(prefix="digits-onnx-") as tmp:
                 fields = self.export(model, Path(tmp) / self.filename, opset=opset, model_name=model_name)
                 return {**fields, **quantize_int8(Path(tmp) / self.filename, path, train_x, int8 or Int8Settings())}
@@ -203,7 +207,7 @@ def make_session(path: Path | bytes, device: str = "cpu", *, threads: int | None
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only; ORT's warnings are not the user's concern
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.intra_op_num_threads = threads or usable_cores()
     opts.inter_op_num_threads = 1  # the graph is a chain: no parallel branches to run
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if device == "cuda":

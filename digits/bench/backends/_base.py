@@ -82,6 +82,10 @@ class Backend:
         eager = load_checkpoint(checkpoint_dir(checkpoint, model), model)[0].to(self.device).eval()
         return at_precision(eager, self.precision)  # bf16/fp16: weights cast, channels-last
 
+    def keep_shapes(self, batch_sizes) -> None:
+        """Free what was built for batch sizes other than ``batch_sizes`` (the parity runs at
+        1,000-image chunks leave compiled models and buffers of that size behind)."""
+
     @property
     def provider(self) -> str:
         return f"torch-{self.device}"

@@ -42,6 +42,10 @@ class CudaGraph(Backend):
             self.graphs[batch] = (graph, static_in, static_out)
         return self.graphs[batch]
 
+    def keep_shapes(self, batch_sizes) -> None:
+        for size in set(self.graphs) - set(batch_sizes):
+            del self.graphs[size]
+
     @torch.inference_mode()
     def prepare(self, x: torch.Tensor):
         # Always under inference_mode: a graph first built inside it (the parity check runs

@@ -17,12 +17,12 @@ on the inference thread, so none may happen on a request's path.
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 import torch
 
 from digits.bench.backends._base import Backend, register_backend
+from digits.cores import usable_cores
 from digits.data import check_input
 from digits.errors import DigitsError
 
@@ -41,7 +41,7 @@ def core():
 
 def compile_config(precision: str, threads: int | None) -> dict:
     return {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1)}
+            "INFERENCE_NUM_THREADS": int(threads or usable_cores())}
 
 
 COMPUTE = ("Convolution", "FullyConnected", "MatMul")  # the layers where the arithmetic is
@@ -121,6 +121,10 @@ class OpenVino(Backend):
             raise DigitsError(f"A batch of {n} is larger than the largest compiled bucket ({self.buckets[-1]}).")
         padded = x if size == n else torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
         return super().__call__(padded)[:n]
+
+    def keep_shapes(self, batch_sizes) -> None:
+        for size in set(self.compiled) - set(batch_sizes) - set(self.buckets):
+            del self.compiled[size]
 
     def _compiled(self, batch: int):
         if batch not in self.compiled:
