@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +22,8 @@ from digits._io import atomic_write
 from digits.calibrate import UNSURE_BELOW, read_digits, temperature_of
 from digits.checkpoint import checkpoint_dir, read_manifest
 from digits.errors import DigitsError, UsageError
-from digits.preprocess import Found, ImageError, found_in, load_image, normalize28, preprocess_all
+from digits.decode import TIME_BUDGET_S, ImageError, load_image
+from digits.preprocess import Found, found_in, normalize28, preprocess_all
 
 
 def collect_inputs(paths: list[str | os.PathLike]) -> list[Path]:
@@ -64,14 +66,16 @@ def ensure_backend(model: str, backend: str, *, checkpoint: Path, artifacts: Pat
 def predict_files(paths: list[str | os.PathLike], *, model: str = "lenet5", backend: str = "onnxruntime",
                   checkpoint: Path = Path("artifacts"), artifacts: Path = Path("artifacts"),
                   data_root: Path | None = None, save_preprocessed: Path | None = None, single: bool = False,
-                  unsure_below: float = UNSURE_BELOW, log: Callable[[str], None] = lambda m: None) -> list[dict]:
+                  unsure_below: float = UNSURE_BELOW, time_budget_s: float = TIME_BUDGET_S,
+                  log: Callable[[str], None] = lambda m: None) -> list[dict]:
     """One entry per input file, in order: ``{path, number, unsure, digits: [{box, prediction,
     probabilities, unsure}]}`` (plus ``prediction`` and ``probabilities`` when one digit was
     read), or ``{path, error}``.
 
     Each file is read as a number written left to right; ``single`` reads one digit only.
     Probabilities are calibrated by the checkpoint's temperature (digits.calibrate); a digit
-    whose top probability is under ``unsure_below`` is unsure, and shows as "?" in ``number``."""
+    whose top probability is under ``unsure_below`` is unsure, and shows as "?" in ``number``.
+    Reading one file may take ``time_budget_s``; a file that needs longer is an error for it."""
     files = collect_inputs(paths)
     if not files:
         raise UsageError("No input files: the given directories are empty.")
@@ -79,8 +83,9 @@ def predict_files(paths: list[str | os.PathLike], *, model: str = "lenet5", back
     found: list[tuple[dict, Found, object, np.ndarray]] = []  # (result, what to read, localisation, gray)
     for f in files:
         try:
+            deadline = time.monotonic() + time_budget_s
             gray, rgb = load_image(f)
-            digits, located = preprocess_all(gray, rgb, single=single)
+            digits, located = preprocess_all(gray, rgb, single=single, deadline=deadline)
             results.append({"path": str(f)})
             found.append((results[-1], found_in(digits, located), located, gray))
         except ImageError as e:

@@ -9,93 +9,18 @@ small digit in a large photo, RGBA canvases, a frame line or a paper edge at the
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from digits.data import MEAN, STD
-from digits.errors import DigitsError
+from digits.decode import TIME_BUDGET_S, ImageError, TooLarge, Unsupported, load_gray, load_image  # noqa: F401 (their old home)
 from digits.locate import Located, locate
 
-MAX_PIXELS = 50_000_000  # anything larger is not a photo of one digit
 TARGET_STROKE = 0.13  # MNIST stroke width / box side (about 2.6 px of 20)
 SURE_WHOLE = float(np.log(0.9))  # a wide digit read whole at least this surely stays one digit
-
-
-class ImageError(DigitsError):
-    """A per-file problem: predict reports it for that file and goes on."""
-
-
-class TooLarge(ImageError):
-    """An image over the pixel limit (the server answers 413)."""
-
-
-DECODE_SIDE = 640  # large photos are decoded at reduced size, to at least this longer side (locate works at 512)
-
-
-def load_gray(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read any PIL-readable image (a file, or its bytes) as float32 [H, W] in 0..1, flattening alpha sensibly."""
-    return load_image(path, max_pixels)[0]
-
-
-def load_image(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(gray, rgb)``: float32 [H, W] and, for a colour image, float32 [H, W, 3] in 0..1.
-
-    A large photo is decoded at reduced size (JPEG draft mode, then ``reduce``) to about
-    ``DECODE_SIDE`` px before any float array exists, so memory does not grow with megapixels.
-    """
-    if isinstance(path, bytes):
-        if not path:
-            raise ImageError("is empty")
-        source = io.BytesIO(path)
-    else:
-        path = Path(path)
-        if not path.exists():
-            raise ImageError("does not exist")
-        if not path.is_file():
-            raise ImageError("is not a regular file")
-        source = path
-    try:
-        with Image.open(source) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise TooLarge(f"{w}x{h} pixels ({w * h / 1e6:.1f} MP) is larger than the "
-                               f"{max_pixels / 1e6:g} MP limit")
-            if max(w, h) > 2 * DECODE_SIDE and im.format == "JPEG":
-                f = DECODE_SIDE / max(w, h)
-                im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (max(1, int(w * f)), max(1, int(h * f))))
-            im.load()
-            img = im.copy()
-        if (k := max(img.size) // DECODE_SIDE) >= 2:
-            img = img.reduce(k)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError("not an image (PIL cannot identify the format)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"refused as a decompression bomb ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255
-        alpha = rgba[..., 3]
-        lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        if alpha.min() < 0.99:
-            # Strokes on a transparent canvas: put them on the background that contrasts
-            # with them (white strokes on black, dark strokes on white), never on themselves.
-            opaque = alpha > 0.5
-            ink_is_bright = opaque.any() and lum[opaque].mean() > 0.5
-            bg = 0.0 if ink_is_bright else 1.0
-            return (lum * alpha + bg * (1 - alpha)).astype(np.float32), None
-        return lum.astype(np.float32), rgba[..., :3]
-    if img.mode in ("RGB", "P", "CMYK", "YCbCr"):
-        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
-        return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.float32), rgb
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255, None
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -111,11 +36,12 @@ def preprocess(gray: np.ndarray, color: np.ndarray | None = None) -> np.ndarray:
     return digits[0][1]
 
 
-def preprocess_all(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = False
-                   ) -> tuple[list[tuple[tuple[int, int, int, int], np.ndarray]], Located]:
+def preprocess_all(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = False,
+                   deadline: float | None = None) -> tuple[list[tuple[tuple[int, int, int, int], np.ndarray]], Located]:
     """Every digit found, left to right: ``([(box, 28x28)], the localisation)`` (one with ``single``).
-    :func:`found_in` adds the touching-digit readings a number may have."""
-    found = locate(gray, color, single=single)
+    :func:`found_in` adds the touching-digit readings a number may have. Past ``deadline``
+    (``time.monotonic()``) the search gives up with an :class:`ImageError`."""
+    found = locate(gray, color, single=single, deadline=deadline)
     if not found.boxes:
         raise ImageError("blank image: no digit found (nothing with a digit's size, shape and contrast)")
     return [(box, to_mnist(ink)) for box, ink in zip(found.boxes, found.ink, strict=True)], found
@@ -178,13 +104,14 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     gray = ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     gray = gray / max(float(gray.max()), 1e-6)
     mask = gray > 0.35
-    # 4. thin strokes (a pen on a big photo) become MNIST-thick before shrinking.
+    # 4. strokes to MNIST's width before shrinking: a thin pen thickened, a marker thinned
+    # (cv2's dilation and erosion are O(1) per pixel; PIL's MaxFilter was O(size^2))
     side = max(gray.shape)
     width = _stroke_width(mask)
     grow = int(round(TARGET_STROKE * side - width))
-    if grow >= 2:
-        size = 2 * (grow // 2) + 1  # a max filter: cv2's dilation is O(1) per pixel, PIL's MaxFilter O(size^2)
-        gray = cv2.dilate(gray.astype(np.float32), np.ones((size, size), np.uint8))
+    if abs(grow) >= 2:
+        kernel = np.ones((2 * (abs(grow) // 2) + 1,) * 2, np.uint8)
+        gray = (cv2.dilate if grow > 0 else cv2.erode)(gray.astype(np.float32), kernel)
     # 5. longer side to 20 px, aspect kept.
     hh, ww = gray.shape
     f = 20 / max(hh, ww)

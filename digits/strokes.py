@@ -47,13 +47,25 @@ SHAPES: dict[int, list[list[Stroke]]] = {
 }
 
 
-def draw(digit: int, rng: np.random.Generator, size: int = 280) -> tuple[bytes, dict]:
-    """One drawing of ``digit`` as a PNG, and the settings drawn for it."""
+def draw(digit: int, rng: np.random.Generator, size: int = 280, *, shape: int | None = None,
+         width_px: tuple[int, int] = (10, 26)) -> tuple[bytes, dict]:
+    """One drawing of ``digit`` as a PNG (white strokes on black, as the page's canvas sends
+    it), and the settings drawn for it. ``shape`` picks one of the digit's SHAPES (default: at
+    random); ``width_px``: the pen width is drawn from [low, high) px."""
+    mask, s = render(digit, rng, size, shape=shape, width_px=width_px)
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    return buf.getvalue(), s
+
+
+def render(digit: int, rng: np.random.Generator, size: int = 280, *, shape: int | None = None,
+           width_px: tuple[int, int] = (10, 26)) -> tuple[np.ndarray, dict]:
+    """``(uint8 [size, size] stroke mask, settings)``: the strokes of one drawing of ``digit``."""
     shapes = SHAPES[digit]
-    shape = int(rng.integers(len(shapes)))
+    shape = int(rng.integers(len(shapes))) if shape is None else shape
     s = {"shape": shape, "slant": float(rng.uniform(-0.2, 0.4)), "rotate": float(rng.uniform(-12, 12)),
          "squeeze": float(rng.uniform(0.55, 1.1)), "height": float(rng.uniform(0.45, 0.85)),
-         "width_px": int(rng.integers(10, 26)), "dx": float(rng.uniform(-0.15, 0.15)),
+         "width_px": int(rng.integers(*width_px)), "dx": float(rng.uniform(-0.15, 0.15)),
          "dy": float(rng.uniform(-0.1, 0.1))}
     a = math.radians(s["rotate"])
     img = Image.new("L", (size, size), 0)
@@ -69,6 +81,4 @@ def draw(digit: int, rng: np.random.Generator, size: int = 280) -> tuple[bytes, 
         for p in (pts[0], pts[-1]):  # round pen ends, as the canvas's lineCap
             r = s["width_px"] / 2
             pen.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=255)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue(), s
+    return np.asarray(img), s

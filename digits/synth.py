@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -69,21 +70,39 @@ def _ink_alpha(digit28: np.ndarray, height: int, rng: np.random.Generator) -> np
 
 
 def make_photo(digits28: list[np.ndarray], labels: list[int], rng: np.random.Generator,
-               size: tuple[int, int] = (640, 480), gap: tuple[float, float] = (0.08, 0.35)) -> Photo:
+               size: tuple[int, int] = (640, 480), gap: tuple[float, float] = (0.08, 0.35), *,
+               ink_alpha: Callable | None = None, blur: tuple[float, float] = (0.3, 1.4), guides: int = 0,
+               shadow: float = 0.7, paper: str | None = None) -> Photo:
     """One photo of the given MNIST digits written left to right (one digit: a single digit),
-    ``gap`` apart (in digit heights: a negative gap writes them touching or overlapping)."""
+    ``gap`` apart (in digit heights: a negative gap writes them touching or overlapping).
+
+    Options for the kinds of digits.kinds: ``ink_alpha(i, height_px, rng)`` draws digit i's
+    pen mask instead (a marker, a thin pen); ``blur`` is the range of the Gaussian sigma;
+    ``guides`` faint pencil lines cross the written line; ``shadow`` is the chance of a soft
+    shadow over one side; ``paper`` picks one of PAPERS."""
     W, H = size
-    paper = str(rng.choice(PAPERS))
+    paper = paper or str(rng.choice(PAPERS))
     pw, ph = int(W * rng.uniform(1.0, 1.25)), int(H * rng.uniform(1.0, 1.25))
     page = _paper(rng, ph, pw, paper)
     ink = np.array(list(INKS.values())[int(rng.integers(len(INKS)))], np.float32)
     n = len(digits28)
     height = int(rng.uniform(0.12, 0.35 if n == 1 else 0.2) * ph)
-    alphas = [_ink_alpha(d, int(height * rng.uniform(0.9, 1.1)), rng) for d in digits28]
+    draw_alpha = ink_alpha or (lambda i, h, rng: _ink_alpha(digits28[i], h, rng))
+    alphas = [draw_alpha(i, int(height * rng.uniform(0.9, 1.1)), rng) for i in range(n)]
     gaps = [int(height * rng.uniform(*gap)) for _ in range(n)]
     total = sum(a.shape[1] for a in alphas) + sum(gaps[:-1])
+    if total > 0.76 * pw:  # a long row: written smaller, so that it fits on the page
+        f = 0.76 * pw / total
+        alphas = [cv2.resize(a, (max(1, int(a.shape[1] * f)), max(1, int(a.shape[0] * f))), interpolation=cv2.INTER_AREA)
+                  for a in alphas]
+        gaps, height = [int(g * f) for g in gaps], int(height * f)
+        total = sum(a.shape[1] for a in alphas) + sum(gaps[:-1])
     x = int(rng.uniform(0.12 * pw, max(0.12 * pw + 1, 0.88 * pw - total)))
     base_y = int(rng.uniform(0.15 * ph, 0.85 * ph - height))
+    for _ in range(guides):  # a faint pencil line across the written line, as people rule their own
+        y = base_y + int(rng.uniform(0.25, 0.8) * height)
+        cv2.line(page, (0, y), (pw, y + int(rng.uniform(-0.05, 0.05) * ph)),
+                 (page[y % ph, 0] * rng.uniform(0.62, 0.78)).tolist(), int(rng.integers(1, 3)), cv2.LINE_AA)
     boxes = []
     for a, gap in zip(alphas, gaps, strict=True):
         y = base_y + int(rng.uniform(-0.06, 0.06) * height)
@@ -112,13 +131,13 @@ def make_photo(digits28: list[np.ndarray], labels: list[int], rng: np.random.Gen
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     gx, gy = rng.uniform(-1, 1, 2)
     light = 1 + 0.18 * ((xx / W - 0.5) * gx + (yy / H - 0.5) * gy)
-    if rng.random() < 0.7:
+    if rng.random() < shadow:
         side = rng.uniform(0, 2 * math.pi)
         d = (xx / W - 0.5) * math.cos(side) + (yy / H - 0.5) * math.sin(side)
         edge = rng.uniform(0.1, 0.4)
         light *= 1 - rng.uniform(0.25, 0.5) / (1 + np.exp(-(d - edge) / 0.04))
     img = img * light[..., None]
-    sigma = rng.uniform(0.3, 1.4)
+    sigma = rng.uniform(*blur)
     img = cv2.GaussianBlur(img, (0, 0), sigma)
     img += rng.normal(0, rng.uniform(1.5, 5), img.shape).astype(np.float32)
     img = np.clip(img, 0, 255).astype(np.uint8)

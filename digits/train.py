@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digits.augment import affine, random_theta
+from digits import augment
 from digits.calibrate import calibration
 from digits.checkpoint import RESUME, checkpoint_dir, load_resume, save_checkpoint, save_resume
 from digits.data import Splits
@@ -149,14 +149,14 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
                     dist.barrier()
                     raise TrainingInterrupted(cfg.model, path, dist.world)
                 idx = perm[state["step"] * cfg.batch_size:(state["step"] + 1) * cfg.batch_size]
-                theta = random_theta(len(idx), gen) if cfg.augment else None  # drawn for the global batch
+                aug = augment.draw(len(idx), gen) if cfg.augment else None  # drawn for the global batch
                 if static is not None:
-                    loss = static(idx, theta)
+                    loss = static(idx, aug)
                 else:
                     mine = dist.shard(idx)
                     x, y = data.train_x[mine], data.train_y[mine]
-                    if theta is not None:
-                        x = affine(x, dist.shard(theta).to(device))
+                    if aug is not None:
+                        x = augment.apply(x, dist.shard(aug).to(device))
                     loss = shard_loss(model(x), y, cfg.label_smoothing, len(idx), dist)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

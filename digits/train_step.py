@@ -2,7 +2,7 @@
 
 An eager step on a GPU launches ~60 small kernels for LeNet-5, each costing more host time
 than the GPU spends on it, so training is launch-bound. Captured once per batch size on
-static buffers (the batch's indices and affine parameters), a step is a copy into those
+static buffers (the batch's indices and augmentation parameters), a step is a copy into those
 buffers plus one ``replay()``.
 
 The optimizer step and the schedule stay outside the graph, on purpose: fused AdamW is a launch
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digits.augment import affine
+from digits.augment import PARAMS, apply
 
 WARMUP_STEPS = 3  # PyTorch's recipe: a few eager iterations on a side stream before capture
 
@@ -31,22 +31,24 @@ WARMUP_STEPS = 3  # PyTorch's recipe: a few eager iterations on a side stream be
 @dataclass
 class _Slot:
     idx: torch.Tensor  # static: the batch's row indices into the training set
-    theta: torch.Tensor | None  # static: per-image affine parameters, None without augmentation
+    aug: torch.Tensor | None  # static: per-image augmentation parameters (digits.augment), None without
     loss: torch.Tensor | None = None  # static output of the captured graph
     graph: torch.cuda.CUDAGraph | None = None
 
 
 class StaticStep:
-    """``step(idx, theta) -> loss``: forward and backward of one batch, gradients left in ``.grad``."""
+    """``step(idx, aug) -> loss``: forward and backward of one batch, gradients left in ``.grad``."""
 
     def __init__(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *, sizes: list[int],
                  label_smoothing: float, augment: bool, capture: bool):
         self.model, self.x, self.y = model, train_x, train_y
         self.label_smoothing, self.capture = label_smoothing, capture
         device = train_x.device
-        identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=device)
+        identity = torch.zeros(PARAMS, device=device)
+        identity[0] = identity[4] = 1.0  # the identity warp, no field, thickness or blur (overwritten each step)
+        identity[-1] = -1.0
         self.slots = {n: _Slot(torch.zeros(n, dtype=torch.long, device=device),
-                               identity.repeat(n, 1, 1) if augment else None) for n in sizes}
+                               identity.repeat(n, 1) if augment else None) for n in sizes}
         self.setup_seconds = 0.0
 
     def _body(self, slot: _Slot) -> torch.Tensor:
@@ -57,8 +59,8 @@ class StaticStep:
         else:  # the eager loop's own habit, so --no-cuda-graph is the best eager step
             self.model.zero_grad(set_to_none=True)
         x = self.x[slot.idx]
-        if slot.theta is not None:
-            x = affine(x, slot.theta)
+        if slot.aug is not None:
+            x = apply(x, slot.aug)
         loss = F.cross_entropy(self.model(x), self.y[slot.idx], label_smoothing=self.label_smoothing)
         loss.backward()
         return loss
@@ -84,13 +86,13 @@ class StaticStep:
         torch.cuda.set_rng_state(rng)
         self.setup_seconds = time.perf_counter() - t0
 
-    def __call__(self, idx: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, aug: torch.Tensor | None) -> torch.Tensor:
         slot = self.slots[len(idx)]
         slot.idx.copy_(idx)  # device to device: idx is a slice of the epoch's permutation
-        if slot.theta is not None:
+        if slot.aug is not None:
             # pinned + non_blocking: a pageable copy would wait for the GPU every step
-            src = theta.pin_memory() if slot.theta.is_cuda else theta
-            slot.theta.copy_(src, non_blocking=slot.theta.is_cuda)
+            src = aug.pin_memory() if slot.aug.is_cuda else aug
+            slot.aug.copy_(src, non_blocking=slot.aug.is_cuda)
         if not self.capture:
             return self._body(slot)
         slot.graph.replay()

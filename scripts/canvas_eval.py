@@ -21,6 +21,7 @@ import numpy as np
 
 from digits._io import atomic_write_result
 from digits.bench.environment import cpu_name
+from digits.kinds import DRAWING_KINDS, make_set, read_by_kind
 from digits.models import list_models
 from digits.predict import predict_files
 from digits.strokes import draw
@@ -48,20 +49,25 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list_models())
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--name", default="canvas-cpu", help="file stem before the date")
+    ap.add_argument("--per-kind", type=int, default=50, help="drawings of each kind of digits.kinds")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         made = drawings(args.per_digit, args.seed, Path(tmp))
+        (Path(tmp) / "kinds").mkdir()
+        kind_set = make_set(DRAWING_KINDS, args.per_kind, args.seed, Path(tmp) / "kinds")
         cases = {"all": made, "slanted 1 (> 0.2)": [m for m in made if m["label"] == 1 and m["slant"] > 0.2],
                  "open 6": [m for m in made if m["label"] == 6 and m["shape"] == 1],
                  "1 with a flag": [m for m in made if m["label"] == 1 and m["shape"] == 1],
                  "1 without": [m for m in made if m["label"] == 1 and m["shape"] != 1]}
         for model in args.models:
+            kinds = read_by_kind(kind_set, model, args.artifacts, single_digit_kinds=set(DRAWING_KINDS) - {"tiny_two_digit"})
             res = predict_files([m["path"] for m in made], model=model, backend="eager", checkpoint=args.artifacts,
                                 artifacts=args.artifacts, single=True, unsure_below=0.0)
             right = {str(m["path"]): r.get("prediction") == m["label"] for r, m in zip(res, made, strict=True)}
             row = {"model": model, **{c: [sum(right[str(m["path"])] for m in ms), len(ms)] for c, ms in cases.items()},
-                   "per_digit": [sum(right[str(m["path"])] for m in made if m["label"] == d) for d in range(10)]}
+                   "per_digit": [sum(right[str(m["path"])] for m in made if m["label"] == d) for d in range(10)],
+                   "kinds": kinds}
             rows.append(row)
             print(row, flush=True)
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(),
@@ -72,6 +78,10 @@ def main() -> None:
           "| model | " + " | ".join(cases) + " | right per digit 0-9 |", "|---|" + "---:|" * len(cases) + "---|"]
     md += [f"| `{r['model']}` | " + " | ".join(f"{r[c][0]}/{r[c][1]}" for c in cases)
            + f" | {' '.join(map(str, r['per_digit']))} |" for r in rows]
+    md += ["", f"Kinds (digits.kinds, {args.per_kind} drawings each, seed {args.seed}):", "",
+           "| model | " + " | ".join(DRAWING_KINDS) + " |", "|---|" + "---:|" * len(DRAWING_KINDS)]
+    md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][0]}/{r['kinds'][k][1]}" for k in DRAWING_KINDS) + " |"
+           for r in rows]
     stem = args.out / f"{args.name}-{env['date'][:10]}"
     atomic_write_result(stem, {"command": "python scripts/canvas_eval.py", "environment": env, "rows": rows},
                         "\n".join(md) + "\n")

@@ -4,7 +4,10 @@ trained model: single digits right, whole numbers right, and how many digits wer
     python scripts/photos_eval.py --out results        # -> results/photos-cpu-<date>.{json,md}
 
 Uses the checkpoints in artifacts/ (`digits train all`) through `digits predict`'s own path.
-Then ``--touching`` numbers (seed ``--touching-seed``) are made on the fly the same way but
+Then ``--per-kind`` photos of each kind in digits.kinds (thin pens on large photos, blurred
+marker, pencil guide lines, tight crops, long rows, EXIF-rotated, 16-bit scans) are made
+and read, right when the whole number is. Then ``--touching`` numbers (seed
+``--touching-seed``) are made on the fly the same way but
 written touching or overlapping (digits.synth's ``gap`` below zero), and read twice: as
 `digits predict` reads them, and with the touching-digit readings switched off
 (``digits.locate.SPLIT_ASPECT`` set to infinity), to show what step 8 of digits.locate adds.
@@ -27,6 +30,7 @@ from digits._io import atomic_write, atomic_write_json
 from digits.bench.environment import cpu_name
 from digits.data import raw_dir, read_arrays
 from digits.export import runtime_versions
+from digits.kinds import PHOTO_KINDS, make_set, read_by_kind
 from digits.models import list_models
 from digits.predict import predict_files
 from digits.synth import make_photo
@@ -42,9 +46,16 @@ def main() -> None:
     ap.add_argument("--touching", type=int, default=60, help="numbers written touching, made on the fly")
     ap.add_argument("--touching-seed", type=int, default=2)
     ap.add_argument("--source", type=Path, default=ROOT / "tests/data", help="MNIST root for the touching numbers")
+    ap.add_argument("--per-kind", type=int, default=40, help="photos of each kind of digits.kinds, made on the fly")
+    ap.add_argument("--kinds-seed", type=int, default=3)
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     touching = touching_numbers(args.source, args.touching, args.touching_seed, Path(tmp.name))
+    arrays = read_arrays(raw_dir(args.source))
+    kinds_dir = Path(tmp.name) / "kinds"
+    kinds_dir.mkdir()
+    kind_set = make_set(PHOTO_KINDS, args.per_kind, args.kinds_seed, kinds_dir, arrays.test_images.astype(np.float32) / 255,
+                        arrays.test_labels)
     index = json.loads((args.photos / "photos.json").read_text())["photos"]
     singles = [p for p in index if len(p["label"]) == 1]
     numbers = [p for p in index if len(p["label"]) > 1]
@@ -70,6 +81,7 @@ def main() -> None:
             row[f"{name}_right"] = sum(r.get("number") == p["label"] for r, p in zip(res, touching, strict=True))
             row[f"{name}_found"] = sum(len(r.get("digits", [])) == len(p["label"]) for r, p in zip(res, touching, strict=True))
             row[f"{name}_total"] = len(touching)
+        row["kinds"] = read_by_kind(kind_set, model, args.artifacts)
         rows.append(row)
         print(row)
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(), **runtime_versions()}
@@ -85,6 +97,10 @@ def main() -> None:
            f"{r['touching_unsplit_right']}/{r['touching_total']} ({r['touching_unsplit_found']}) |" for r in rows]
     md += ["", f"Touching numbers: {args.touching} numbers of 2-4 MNIST test digits from `{args.source.name}`, seed "
            f"{args.touching_seed}, written {0.02:g}-{0.12:g} digit heights into each other (`--touching`)."]
+    md += ["", f"Kinds (digits.kinds, {args.per_kind} photos each, seed {args.kinds_seed}; the whole number right):", "",
+           "| model | " + " | ".join(PHOTO_KINDS) + " |", "|---|" + "---:|" * len(PHOTO_KINDS)]
+    md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][0]}/{r['kinds'][k][1]}" for k in PHOTO_KINDS) + " |"
+           for r in rows]
     atomic_write(stem.with_suffix(".md"), f"# Photo set, {env['date'][:10]}, {env['cpu']}\n\n" + "\n".join(md) + "\n")
 
 

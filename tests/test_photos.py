@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from digits.cli import app
 from digits.locate import locate
 from digits.predict import predict_files
-from digits.preprocess import DECODE_SIDE, load_image
+from digits.decode import DECODE_SIDE, load_image
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
 INDEX = json.loads((PHOTOS / "photos.json").read_text())["photos"]

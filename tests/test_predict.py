@@ -127,7 +127,7 @@ def _png_with_size(path, w, h):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("text", "not an image"), ("empty", "not an image"), ("truncated", "cannot be read"),
+    ("text", "not a PNG, JPEG, WebP, GIF, BMP or TIFF image"), ("empty", "not a PNG"), ("truncated", "cannot be read"),
     ("blank", "blank"), ("huge", "MP limit"), ("missing", "does not exist"), ("frame_only", "blank"),
 ])
 def test_bad_file_gets_a_clear_error(tmp_path, case, words, digits28):
@@ -158,7 +158,7 @@ def test_bad_files_do_not_stop_the_others(tmp_path, trained, digits28):
     results = {r["path"].rsplit("/", 1)[1]: r for r in
                predict_files([tmp_path], backend="eager", checkpoint=trained, artifacts=trained)}
     assert results["good.png"]["prediction"] in range(10) and len(results["good.png"]["probabilities"]) == 10
-    assert "not an image" in results["notes.txt"]["error"] and "blank" in results["blank.jpg"]["error"]
+    assert "not a PNG, JPEG" in results["notes.txt"]["error"] and "blank" in results["blank.jpg"]["error"]
 
 
 # --------------------------------------------------------------------------- CLI

@@ -82,7 +82,7 @@ def test_multipart_and_json_array_inputs(client, test_set):
 
 @pytest.mark.parametrize("body, ctype, status, words", [
     (b"", "image/png", 400, "empty"),
-    (b"this is not an image", "image/png", 422, "not an image"),
+    (b"this is not an image", "image/png", 415, "is not a PNG, JPEG, WebP, GIF, BMP or TIFF image"),
     (b"{broken", "application/json", 400, "not valid JSON"),
     (json.dumps({"image": [[0.5] * 27] * 28}).encode(), "application/json", 422, "28x28"),
     (json.dumps({"image": "seven"}).encode(), "application/json", 422, "28x28"),
@@ -242,7 +242,7 @@ def test_page_upload_a_photo_and_a_bad_file(page, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     page.set_input_files("#upload", str(tmp_path / "notes.txt"))
     page.wait_for_selector("#error:not([hidden])", timeout=10_000)
-    assert "not an image" in page.locator("#error").inner_text()
+    assert "not a PNG, JPEG" in page.locator("#error").inner_text()
 
 
 def test_page_reads_a_number_in_a_photo_and_boxes_each_digit(page):
@@ -263,6 +263,34 @@ def test_page_reads_a_number_in_a_photo_and_boxes_each_digit(page):
     _draw(page, ONE)
     _answer(page)
     assert page.locator("#photo").is_hidden()  # drawing again hides the photo
+
+
+def test_page_boxes_land_on_the_digits_of_a_photo_stored_sideways(page, tmp_path):
+    """A phone's portrait photo: landscape pixels plus EXIF orientation 6. The browser shows it
+    upright, so the server's boxes must be in the upright picture's pixels."""
+    from PIL import Image
+
+    photos = Path(__file__).parent / "data" / "photos"
+    entry = next(p for p in json.loads((photos / "photos.json").read_text())["photos"] if len(p["label"]) == 3)
+    upright = Image.open(photos / entry["file"]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated a quarter turn; viewers turn it back
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", quality=95, exif=exif.tobytes())
+    page.click("#clear")
+    page.set_input_files("#upload", str(tmp_path / "phone.jpg"))
+    _answer(page)
+    page.wait_for_selector("#photo:not([hidden])", timeout=10_000)
+    w, h, inside, outside = page.evaluate("""(boxes) => { const c = document.getElementById('photo');
+        const s = c.width / %d; const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let inside = 0, outside = 0;
+        for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) { const i = 4 * (y * c.width + x);
+          if (!(d[i] > 200 && d[i + 1] < 120 && d[i + 2] < 90)) continue;
+          const near = boxes.some(([x0, y0, x1, y1]) => x >= (x0 - 25) * s && x <= (x1 + 25) * s && y >= (y0 - 30) * s
+                                                       && y <= (y1 + 25) * s);
+          if (near) inside++; else outside++; }
+        return [c.width, c.height, inside, outside]; }""" % upright.width, entry["boxes"])
+    assert w > h  # shown upright (landscape), as the photo was taken
+    assert inside > 100 and outside < 0.05 * inside  # the box strokes sit around the written digits
 
 
 def test_page_reads_a_number_drawn_on_the_canvas(page):

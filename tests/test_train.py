@@ -150,9 +150,9 @@ def _static_on_cpu(monkeypatch):
     sizes = []
 
     class Counted(StaticStep):
-        def __call__(self, idx, theta):
+        def __call__(self, idx, aug):
             sizes.append(len(idx))
-            return super().__call__(idx, theta)
+            return super().__call__(idx, aug)
 
     def static(model, data, cfg, device):
         return Counted(model, data.train_x, data.train_y, sizes=batch_sizes(len(data.train_x), cfg.batch_size),
@@ -203,14 +203,16 @@ def test_captured_step_equals_its_eager_body(splits):
     torch.manual_seed(0)
     model = create_model("lenet5").cuda()
     x, y = splits.train_x.cuda(), splits.train_y.cuda()
-    idx, theta = torch.arange(64, device="cuda"), torch.eye(2, 3).repeat(64, 1, 1)
+    from digits.augment import draw
+
+    idx, aug = torch.arange(64, device="cuda"), draw(64, torch.Generator().manual_seed(0))  # every augmentation at once
     steps = [StaticStep(model, x, y, sizes=[64], label_smoothing=0.1, augment=True, capture=c)
              for c in (True, False)]
     results = []
     for step in steps:
         with strict_fp32():  # the same FP32 arithmetic both ways, whatever the user's TF32 settings
             step.warm_up()
-            loss = step(idx, theta).clone()
+            loss = step(idx, aug).clone()
             torch.cuda.synchronize()
         results.append((loss, [p.grad.clone() for p in model.parameters()]))
     (la, ga), (lb, gb) = results

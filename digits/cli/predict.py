@@ -16,6 +16,7 @@ from digits.cli._common import (
     app,
 )
 from digits.calibrate import UNSURE_BELOW
+from digits.decode import TIME_BUDGET_S
 from digits.errors import DigitsError
 from digits.ui import emit_json, guard, log, out, table
 
@@ -34,6 +35,8 @@ def predict(
     single: Annotated[bool, typer.Option("--single", help="Read one digit per image, not a number.")] = False,
     unsure_below: Annotated[float, typer.Option(min=0, max=1, help="Say 'unsure' (a '?' in a number) when a digit's "
                                                 "calibrated top probability is under this; 0: never.")] = UNSURE_BELOW,
+    time_budget: Annotated[float, typer.Option(min=0.01, help="Seconds to find the digits in one image; a "
+                                               "busier image is an error for that file.")] = TIME_BUDGET_S,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ):
@@ -44,7 +47,7 @@ def predict(
     create_backend(backend)  # unknown backend: exit 2 with the choices
     results = predict_files(inputs, model=model.value, backend=backend, checkpoint=checkpoint, artifacts=artifacts,
                             data_root=data_root(data_dir), save_preprocessed=save_preprocessed, single=single,
-                            unsure_below=unsure_below, log=log)
+                            unsure_below=unsure_below, time_budget_s=time_budget, log=log)
     if as_json:
         emit_json(results)
     else:

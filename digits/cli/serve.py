@@ -33,6 +33,8 @@ def serve(
     grace_s: Annotated[float, typer.Option(min=0.0, help="On SIGTERM or Ctrl-C: time to answer what is queued "
                                            "and in flight before exiting.")] = 10.0,
     decode_concurrency: Annotated[int, typer.Option(min=1, help="Uploaded images decoded at once (bounds memory).")] = 4,
+    image_budget: Annotated[float, typer.Option(min=0.01, help="Seconds to find the digits in one upload; a busier "
+                                                "image gets 422 and frees its decode slot.")] = 2.0,
 ):
     """Serve the exported models: a drawing page at / and a JSON API at /v1/predict."""
     from digits.cores import cores_per_process
@@ -47,7 +49,8 @@ def serve(
     cfg = ServeConfig(artifacts=artifacts, models=[] if models_ == "all" else csv_list(models_, "models"),
                       backend=backend, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue, timeout_ms=timeout_ms,
-                      limit_concurrency=limit_concurrency, grace_s=grace_s, decode_concurrency=decode_concurrency)
+                      limit_concurrency=limit_concurrency, grace_s=grace_s, decode_concurrency=decode_concurrency,
+                      image_budget_s=image_budget)
     if workers > 1:
         names = list(load_models(cfg))  # checked here once, for a clear error before any worker starts
         log(f"digits serve: {', '.join(names)} via {backend} on http://{host}:{port}/ in {workers} workers x "

@@ -63,6 +63,7 @@ class ServeConfig:
     limit_concurrency: int = 512  # uvicorn's: connections beyond it get 503 at once
     grace_s: float = 10.0  # on SIGTERM: time to answer what is queued and in flight
     decode_concurrency: int = 4  # images decoded at once (Starlette's pool would run 40): bounds memory
+    image_budget_s: float = 2.0  # to find the digits in one upload (digits.decode.TIME_BUDGET_S); longer: 422
 
 
 def load_models(cfg: ServeConfig) -> dict[str, dict]:
@@ -217,7 +218,7 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
             if kind == "multipart/form-data":
                 body = await multipart_file(request, body)
             async with decode_slots[0]:  # a few at a time: each decode holds a photo's pixels for a moment
-                found = await run_in_threadpool(image_input, body, cfg.max_pixels, single)
+                found = await run_in_threadpool(image_input, body, cfg.max_pixels, single, cfg.image_budget_s)
             del body  # the upload's bytes are not needed past decoding
         check_model(model)  # a JSON body may name the model too
         names = list(models) if model == "all" else [model]

@@ -95,14 +95,21 @@ def json_input(body: bytes):
     return request.model, Found([(None, np.clip(a / 255.0 if a.max() > 1.0 else a, 0.0, 1.0))])
 
 
-def image_input(body: bytes, max_pixels: int, single: bool = False):
+def image_input(body: bytes, max_pixels: int, single: bool = False, budget_s: float | None = None):
     """Image bytes -> ``digits.preprocess`` (as `digits predict`) -> a :class:`~digits.preprocess.Found`:
-    every digit found left to right, and the touching-digit readings a wide one may have."""
-    from digits.preprocess import ImageError, TooLarge, found_in, load_image, preprocess_all
+    every digit found left to right, and the touching-digit readings a wide one may have. An
+    image whose search outlasts ``budget_s`` is a 422, and its decode slot is free again."""
+    import time
 
+    from digits.decode import TIME_BUDGET_S, ImageError, TooLarge, Unsupported, load_image
+    from digits.preprocess import found_in, preprocess_all
+
+    deadline = time.monotonic() + (TIME_BUDGET_S if budget_s is None else budget_s)
     try:
-        return found_in(*preprocess_all(*load_image(body, max_pixels=max_pixels), single=single))
+        return found_in(*preprocess_all(*load_image(body, max_pixels=max_pixels), single=single, deadline=deadline))
     except TooLarge as e:
         raise ApiError(413, f"The image {e}.") from None
+    except Unsupported as e:
+        raise ApiError(415, f"The upload {e}.") from None
     except ImageError as e:
         raise ApiError(422, f"The upload cannot be used: {e}.") from None
