@@ -74,9 +74,10 @@ def test_multipart_and_json_array_inputs(client, test_set):
     assert up.status_code == 200 and up.json()["prediction"] == 1
     x, y = test_set
     digit = (x[0, 0].numpy() * STD + MEAN).clip(0, 1)  # an MNIST test digit in MNIST's own format
-    for scale in (1.0, 255.0):
-        r = client.post("/v1/predict", json={"image": (digit * scale).tolist(), "model": "lenet5"})
-        assert r.status_code == 200 and r.json()["prediction"] == int(y[0])
+    for image, extra in (((digit * 1.0).tolist(), {}), (np.round(digit * 255).tolist(), {}),  # 0..1, 0..255
+                         ((digit * 255).tolist(), {"scale": 255}), ((digit * 0.999).tolist(), {"scale": 1})):
+        r = client.post("/v1/predict", json={"image": image, "model": "lenet5", **extra})
+        assert r.status_code == 200 and r.json()["prediction"] == int(y[0]), (extra, r.text)
         assert "image28" not in r.json()  # an array is its own 28x28 image
 
 
@@ -88,6 +89,11 @@ def test_multipart_and_json_array_inputs(client, test_set):
     (json.dumps({"image": "seven"}).encode(), "application/json", 422, "28x28"),
     (json.dumps({"image": [[0] * 28] * 28, "colour": "red"}).encode(), "application/json", 422, "at colour: Extra"),
     (json.dumps([[0] * 28] * 28).encode(), "application/json", 422, "at body"),
+    # neither 0..1 nor whole numbers 0..255: refused, not guessed (1.0000001 was once divided by 255)
+    (json.dumps({"image": [[1.5] * 28] * 28}).encode(), "application/json", 400, '"scale": 1 or "scale": 255'),
+    (json.dumps({"image": [[-0.5] * 28] * 28}).encode(), "application/json", 400, "neither 0..1"),
+    (json.dumps({"image": [[300] * 28] * 28, "scale": 255}).encode(), "application/json", 400, "outside 0..255"),
+    (json.dumps({"image": [[0.5] * 28] * 28, "scale": 100}).encode(), "application/json", 400, "'scale' must be 1"),
     (_png(Image.new("L", (64, 64), 255)), "image/png", 422, "blank"),
     (_png(Image.new("L", (5000, 4000), 0)), "image/png", 413, "16 MP limit"),
 ])

@@ -35,6 +35,9 @@ def serve(
     decode_concurrency: Annotated[int, typer.Option(min=1, help="Uploaded images decoded at once (bounds memory).")] = 4,
     image_budget: Annotated[float, typer.Option(min=0.01, help="Seconds to find the digits in one upload; a busier "
                                                 "image gets 422 and frees its decode slot.")] = 2.0,
+    body_budget_mb: Annotated[float, typer.Option(min=0.001, help="Request bodies held at once; a request that would "
+                                                  "pass it gets 503 + Retry-After before its body is read.")] = 64.0,
+    body_timeout_s: Annotated[float, typer.Option(min=0.01, help="A request body not received by then gets 408.")] = 30.0,
 ):
     """Serve the exported models: a drawing page at / and a JSON API at /v1/predict."""
     from digits.cores import cores_per_process
@@ -50,7 +53,8 @@ def serve(
                       backend=backend, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue, timeout_ms=timeout_ms,
                       limit_concurrency=limit_concurrency, grace_s=grace_s, decode_concurrency=decode_concurrency,
-                      image_budget_s=image_budget)
+                      image_budget_s=image_budget, body_budget_bytes=int(body_budget_mb * 2**20),
+                      body_timeout_s=body_timeout_s)
     if workers > 1:
         names = list(load_models(cfg))  # checked here once, for a clear error before any worker starts
         log(f"digits serve: {', '.join(names)} via {backend} on http://{host}:{port}/ in {workers} workers x "

@@ -1,7 +1,7 @@
 """The server's metrics, by prometheus_client, on a registry of the app's own (two apps in one
 process, as in the tests, never share series): request count and latency by route,
 batch size and runtime-call time by model, failed batches by model and cause, and each
-model's queue depth, read at scrape time.
+model's queue depth, set whenever it changes.
 
 With ``digits serve --workers N`` each worker process counts in prometheus_client's
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the parent before the workers
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
-
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -24,9 +22,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-    def __init__(self, queue_depth: Callable[[], dict[str, int]] = dict):
+    def __init__(self):
         self.registry = r = CollectorRegistry()
-        self.queue_depth = queue_depth
         self.requests = Counter("digits_requests", "HTTP requests by route and status code.", ["route", "status"],
                                 registry=r)
         self.latency = Histogram("digits_request_seconds", "Request latency, whole request.", ["route"],
@@ -57,9 +54,12 @@ class Metrics:
     def error(self, model: str, cause: str) -> None:
         self.errors.labels(model, cause).inc()
 
+    def queue_depth(self, model: str, depth: int) -> None:
+        """Set when the queue changes (a request queued, a batch taken), so that with --workers
+        every worker's share in the summed gauge is current, not only the one answering a scrape."""
+        self.queue.labels(model).set(depth)
+
     def text(self) -> str:
-        for model, depth in self.queue_depth().items():
-            self.queue.labels(model).set(depth)
         if not self.shared:
             return generate_latest(self.registry).decode()
         merged = CollectorRegistry()

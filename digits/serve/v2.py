@@ -18,19 +18,16 @@ Each of the N rows joins the model's dynamic batch like one /v1 request.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from digits.calibrate import calibrated
-from digits.serve.inputs import ApiError, read_body
+from digits.serve.inputs import ApiError, nan_hint
 
 INPUT, OUTPUTS, VERSION = "input", ("logits", "probabilities"), "1"
 SHAPE = (1, 28, 28)
-HEADER = "inference-header-content-length"
 
 
 def tensor_meta(name: str, shape: list[int]) -> dict:
@@ -38,7 +35,8 @@ def tensor_meta(name: str, shape: list[int]) -> dict:
 
 
 def parse_infer(body: bytes, header_length: str | None, max_rows: int) -> tuple[dict, np.ndarray]:
-    """A v2 infer request (JSON, or JSON header + binary tensors) -> (request, input [N,1,28,28])."""
+    """A v2 infer request (JSON, or JSON header + binary tensors) -> (request, input [N,1,28,28]).
+    Everything is checked here, before any inference: the input, ``parameters`` and ``outputs``."""
     split = len(body)
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
@@ -46,12 +44,13 @@ def parse_infer(body: bytes, header_length: str | None, max_rows: int) -> tuple[
                                 f"{len(body)}-byte body.")
         split = int(header_length)
     try:
-        request = json.loads(body[:split])
-    except ValueError:
-        raise ApiError(400, "The inference request header is not valid JSON.") from None
+        request = orjson.loads(body[:split])
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The inference request header is not valid JSON" + nan_hint(body[:split]) + ".") from None
     inputs = request.get("inputs") if isinstance(request, dict) else None
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ApiError(400, f"The request must have 'inputs' with one tensor, {INPUT!r} FP32 [N,1,28,28].")
+    _check_outputs(request)
     tensor = inputs[0]
     if tensor.get("name") != INPUT or tensor.get("datatype") != "FP32":
         raise ApiError(400, f"The input tensor must be named {INPUT!r} with datatype FP32; got "
@@ -60,7 +59,7 @@ def parse_infer(body: bytes, header_length: str | None, max_rows: int) -> tuple[
     if (not isinstance(shape, list) or len(shape) != 4 or tuple(shape[1:]) != SHAPE
             or not isinstance(shape[0], int) or not 1 <= shape[0] <= max_rows):
         raise ApiError(400, f"The input shape must be [N,1,28,28] with 1 <= N <= {max_rows}; got {shape}.")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _params(tensor.get("parameters"), "the input's").get("binary_data_size")
     try:
         if size is not None:  # Triton's binary tensor extension: raw little-endian bytes after the header
             raw = body[split:split + int(size)]
@@ -76,15 +75,37 @@ def parse_infer(body: bytes, header_length: str | None, max_rows: int) -> tuple[
     return request, x.astype(np.float32, copy=True)
 
 
-def infer_response(name: str, request: dict, logits: np.ndarray, temperature: float) -> Response:
-    values = {"logits": logits.astype(np.float32), "probabilities": calibrated(logits, temperature).numpy()}
-    params = request.get("parameters") or {}
-    asked = request.get("outputs") or [{"name": n} for n in OUTPUTS]
-    outputs, blobs = [], []
-    for out in asked:
-        if not isinstance(out, dict) or out.get("name") not in values:
+def _params(value, whose: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{whose} 'parameters' must be a JSON object, not {type(value).__name__}.")
+    return value
+
+
+def _check_outputs(request: dict) -> None:
+    """``parameters`` an object, ``outputs`` a list of objects naming this model's outputs: a 400
+    now, not a 500 after the model ran."""
+    _params(request.get("parameters"), "the request's")
+    outputs = request.get("outputs")
+    if outputs is None:
+        return
+    if not isinstance(outputs, list):
+        raise ApiError(400, f"'outputs' must be a list of {{\"name\": ...}} objects, not {type(outputs).__name__}.")
+    for out in outputs:
+        if not isinstance(out, dict) or out.get("name") not in OUTPUTS:
             raise ApiError(400, f"Unknown output {out.get('name') if isinstance(out, dict) else out!r}: this model "
                                 f"has {', '.join(OUTPUTS)}.")
+        _params(out.get("parameters"), f"output {out['name']!r}")
+
+
+def infer_response(name: str, request: dict, logits: np.ndarray, temperature: float) -> tuple[int, bytes, list]:
+    """``(200, body, headers)``: JSON, or Triton's JSON header + binary tensors (its own content type)."""
+    values = {"logits": logits.astype(np.float32), "probabilities": calibrated(logits, temperature).numpy()}
+    params = request.get("parameters") or {}
+    asked = request.get("outputs") or [{"name": n} for n in OUTPUTS]  # checked by parse_infer
+    outputs, blobs = [], []
+    for out in asked:
         a = values[out["name"]]
         meta = tensor_meta(out["name"], list(a.shape))
         if (out.get("parameters") or {}).get("binary_data", params.get("binary_data_output", False)):
@@ -96,25 +117,16 @@ def infer_response(name: str, request: dict, logits: np.ndarray, temperature: fl
     head = {"model_name": name, "model_version": VERSION, "outputs": outputs}
     if "id" in request:
         head["id"] = request["id"]
-    text = json.dumps(head, separators=(",", ":")).encode()
+    text = orjson.dumps(head)
     if not blobs:
-        return Response(text, media_type="application/json")
-    return Response(text + b"".join(blobs), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(text))})
+        return 200, text, []
+    return 200, text + b"".join(blobs), [(b"content-type", b"application/octet-stream"),
+                                         (b"inference-header-content-length", str(len(text)).encode())]
 
 
-def add_routes(app: FastAPI, models: dict[str, dict], answered, ready, arriving: list[int]) -> None:
-    """Mount the v2 endpoints. ``answered(name, rows)`` queues rows on the model's batcher
-    and returns their logits (or raises the ApiError admission control gives); ``ready()``
-    is the server's readiness; ``arriving`` counts requests not yet queued."""
-    cfg = app.state.config
-
-    def model(name: str, version: str = VERSION) -> dict:
-        if name not in models:
-            raise ApiError(404, f"Unknown model {name!r}: this server has {', '.join(models)}.")
-        if version != VERSION:
-            raise ApiError(404, f"Model {name!r} has version {VERSION!r} only, not {version!r}.")
-        return models[name]
+def add_routes(app: FastAPI, state) -> None:
+    """Mount the v2 endpoints. Inference itself is a hot route (digits.serve.hot); its FastAPI
+    route calls the same handler, for the OpenAPI docs and any direct use."""
 
     @app.get("/v2")
     async def server_metadata():
@@ -126,13 +138,13 @@ def add_routes(app: FastAPI, models: dict[str, dict], answered, ready, arriving:
 
     @app.get("/v2/health/ready")
     async def server_ready():
-        ok = ready()
+        ok = state.readiness()[1] == 200
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def metadata(name: str, version: str = VERSION):
-        info = model(name, version)["info"]
+        info = state.v2_model(name, version)["info"]
         return {"name": name, "versions": [VERSION], "platform": f"{info['runtime']}_onnx",
                 "inputs": [tensor_meta(INPUT, [-1, *SHAPE])],
                 "outputs": [tensor_meta(o, [-1, 10]) for o in OUTPUTS]}
@@ -140,24 +152,17 @@ def add_routes(app: FastAPI, models: dict[str, dict], answered, ready, arriving:
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str = VERSION):
-        model(name, version)
-        b = app.state.batchers[name]
-        ok = b.alive and b.accepting and not app.state.draining.is_set()
+        state.v2_model(name, version)
+        b = state.batchers[name]
+        ok = b.alive and b.accepting and not state.draining.is_set()
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(request: Request, name: str, version: str = VERSION):
-        m = model(name, version)
-        arriving[0] += 1  # as /v1: the batchers wait for more only while others are on their way
-        try:
-            body = await read_body(request, cfg.max_body_bytes)
-            if request.headers.get("content-encoding", "identity") != "identity":
-                raise ApiError(415, "Compressed request bodies are not accepted; send them uncompressed.")
-            # a large JSON tensor takes a while to parse: off the event loop
-            req, x = await run_in_threadpool(parse_infer, body, request.headers.get(HEADER), cfg.max_queue)
-            del body
-        finally:
-            arriving[0] -= 1
-        logits = np.stack(await answered(name, list(x)))
-        return infer_response(name, req, logits, m.get("temperature", 1.0))
+        from digits.serve.hot import handle, v2_infer
+
+        status, body, headers = await handle(v2_infer, state, request.scope, request.receive)
+        kind = headers[0][1] if headers and headers[0][0] == b"content-type" else b"application/json"
+        return Response(body, status_code=status, media_type=kind.decode(),
+                        headers={k.decode(): v.decode() for k, v in headers if k != b"content-type"})
