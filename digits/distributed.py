@@ -85,6 +85,63 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def only(self, here: bool, fn, what: str):
+        """``fn()`` on the ranks where ``here`` (rank 0's writes, local rank 0's download), then
+        every rank learns whether it worked: the agreement is the barrier. A rank that failed
+        raises its own error; the others raise :class:`RankFailed` at once, rather than wait
+        at a barrier for the collective timeout (30 min) when no torchrun is there to stop them."""
+        error, result = None, None
+        if here:
+            try:
+                result = fn()
+            except Exception as e:  # noqa: BLE001 - said below, on this rank, as a DigitsError
+                error = e if isinstance(e, DigitsError) else DigitsError(f"Could not {what}: {e}")
+        if self.agree(error is not None) and error is None:
+            raise RankFailed(f"Stopped: another rank could not {what} (its message says why).")
+        if error is not None:
+            raise error from None
+        return result
+
+
+class RankFailed(DigitsError):
+    """Another rank failed at a step every rank waits for; that rank says why."""
+
+
+class StopVote:
+    """Which signal (Ctrl-C, SIGTERM), if any, a rank was asked to stop by, agreed so that all
+    ranks stop at the same step and say the same thing, without a blocking collective per
+    step: each step's vote (the signal's number, 0 for none; the highest wins) is an async
+    all-reduce on a CPU (gloo) group of its own, read at the next step. So NCCL runs never
+    sync host and device for it, and a signal is answered one step later (milliseconds)."""
+
+    def __init__(self, d: Dist):
+        self.d, self.pending = d, None
+        self.group = dist.new_group(backend="gloo") if d.enabled else None
+
+    def __call__(self, signum: int) -> int:
+        if not self.d.enabled:
+            return signum
+        if agreed := self.settle():
+            return agreed  # every rank read the same vote at this same step: no new one is started
+        t = torch.tensor([signum], dtype=torch.int32)
+        self.pending = (dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group, async_op=True), t)
+        return 0
+
+    def settle(self) -> int:
+        """The vote in flight, waited for (0 when none is)."""
+        if self.pending is None:
+            return 0
+        work, t = self.pending
+        work.wait()
+        self.pending = None
+        return int(t.item())
+
+    def close(self) -> None:
+        self.settle()
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+            self.group = None
+
 
 def shard_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, batch: int, dist: Dist) -> torch.Tensor:
     """This rank's loss for a global batch of ``batch`` images. One process: the batch mean.
@@ -171,10 +228,11 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-def launch(nproc: int, argv: list[str]) -> None:
+def launch(nproc: int, argv: list[str], saved_states=lambda: []) -> None:
     """Run ``digits <argv>`` as ``nproc`` processes under torchrun's standalone mode (one
     machine, a local rendezvous on a free port); torchrun watches them and stops the others
-    when one fails. A failing worker's own message is on stderr; its exit code is re-raised."""
+    when one fails. A failing worker's own message is on stderr; its exit code is re-raised.
+    ``saved_states()``: the resume states written since the launch (what a signal saved)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -186,13 +244,20 @@ def launch(nproc: int, argv: list[str]) -> None:
         run(args)
     except SignalException as e:  # Ctrl-C or SIGTERM: torchrun passed it on and waited for the workers
         code = 130 if e.sigval == signal.SIGINT else 128 + int(e.sigval)
-        raise DigitsError(f"Stopped by {signal.Signals(e.sigval).name}; the workers' own message above says what "
-                          "was saved.", exit_code=code) from None
+        saved = [str(p) for p in saved_states()]
+        if saved:  # the workers agreed, rank 0 saved, and each said so above
+            from digits.resume import EXIT_CODES
+            raise DigitsError(f"Stopped by {signal.Signals(e.sigval).name}; the resume state is in "
+                              f"{', '.join(saved)}: continue with the same command and --resume.",
+                              exit_code=EXIT_CODES.get(e.sigval, code)) from None
+        raise DigitsError(f"Stopped by {signal.Signals(e.sigval).name} before any resume state was saved "
+                          "(training had not started, or the workers did not stop in time): nothing to resume.",
+                          exit_code=code) from None
     except ChildFailedError as e:
         rank, first = e.get_first_failure()  # the others were stopped because of it
         if first.exitcode < 0:  # killed by a signal (the OOM killer, kill -9): no message of its own
             raise DigitsError(f"Training under torchrun failed: rank {rank} was killed by "
                               f"{signal.Signals(-first.exitcode).name}, and torchrun stopped the others. No resume state was "
-                              "written (only Ctrl-C writes one).", exit_code=1) from None
+                              "written (only Ctrl-C or SIGTERM writes one).", exit_code=1) from None
         raise DigitsError(f"Training under torchrun failed: rank {rank} exited with {first.exitcode}; its message "
                           "is above.", exit_code=first.exitcode) from None

@@ -5,8 +5,9 @@
     digits train lenet5 --nproc 2       # data-parallel: DDP on 2 processes (digits.distributed)
 
 Model selection uses the seeded validation hold-out; the test set is touched once, at the
-end, for the reported figure. Ctrl-C saves a resumable state; ``--resume`` continues it
-to the same final weights as an uninterrupted run (same seed, device, threads, world size).
+end, for the reported figure. Ctrl-C or SIGTERM saves a resumable state (digits.resume);
+``--resume`` continues it to the same final weights and history as an uninterrupted run
+(same seed, device, threads, world size).
 
 Under DDP every rank holds the splits, draws the same permutation and augmentation for the
 global batch and takes its stride of it. Each rank's loss is its images' summed loss over
@@ -16,6 +17,7 @@ uneven last batch included. Rank 0 alone writes; metrics are summed over the ran
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -30,11 +32,11 @@ from digits import augment
 from digits.calibrate import calibration
 from digits.checkpoint import RESUME, checkpoint_dir, load_resume, save_checkpoint, save_resume
 from digits.data import Splits
-from digits.distributed import Dist, check_training, current, shard_loss, wrap
+from digits.distributed import Dist, StopVote, check_training, current, shard_loss, wrap
 from digits.errors import DigitsError, UsageError
 from digits.models import count_macs, count_params, create_model, model_info
 from digits.recipes import RECIPE_NAMES, RECIPES, TrainConfig, resolve_config, resolve_device  # noqa: F401
-from digits.resume import SigintFlag, TrainingInterrupted, restore, snapshot
+from digits.resume import StopFlag, TrainingInterrupted, restore, snapshot
 from digits.running_loss import RunningLoss  # noqa: F401  (digits.train.RunningLoss, as before)
 from digits.train_step import StaticStep, batch_sizes
 
@@ -132,7 +134,8 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         state = restore(load_resume(folder), cfg, net, opt, sched, gen, dist)
     report = on_progress if dist.main else (lambda p: None)
 
-    with SigintFlag() as sigint:
+    vote = StopVote(dist)
+    with StopFlag() as stop:
         while state["epoch"] < cfg.epochs:
             model.train()
             if state["perm"] is None:
@@ -141,13 +144,13 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
             running = RunningLoss(state["loss_sum"], state["step"], lazy=device.type == "cuda")
             t0 = time.perf_counter()
             while state["step"] < steps:
-                if dist.agree(sigint.set):  # every rank stops at this same step
+                if signum := vote(stop.signum if stop.set else 0):  # every rank stops at this same step
                     state["loss_sum"] = running.flush()
                     state["seconds"] += time.perf_counter() - t0
                     snap = snapshot(state, cfg, net, opt, sched, gen, dist)
-                    path = save_resume(folder, snap) if dist.main else folder / RESUME
-                    dist.barrier()
-                    raise TrainingInterrupted(cfg.model, path, dist.world)
+                    vote.close()
+                    dist.only(dist.main, functools.partial(save_resume, folder, snap), "save the resume state")
+                    raise TrainingInterrupted(cfg.model, folder / RESUME, dist.world, signum)
                 idx = perm[state["step"] * cfg.batch_size:(state["step"] + 1) * cfg.batch_size]
                 aug = augment.draw(len(idx), gen) if cfg.augment else None  # drawn for the global batch
                 if static is not None:
@@ -181,13 +184,15 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
             state["perm"] = None
             report(Progress(state["epoch"], cfg.epochs, steps, steps, state["loss_sum"] / steps, val_acc))
 
+    vote.close()
     net.load_state_dict(state["best"])
     test_acc, _ = evaluate(net, data.test_x, data.test_y, dist)
     info = model_info(cfg.model)
     summary = {"params": count_params(net), "train_seconds": round(state["seconds"], 3),
                # warm-up and capture, before the clock starts (as speed-runs count compile time apart)
                "cuda_graph": static is not None and static.capture, "setup_seconds": round(setup_seconds, 3)}
-    if dist.main:
+
+    def write() -> None:  # rank 0 alone; every rank then learns whether it worked (no barrier to hang on)
         calib = calibration(logits_of(net, data.val_x), data.val_y, logits_of(net, data.test_x), data.test_y)
         save_checkpoint(folder, net.state_dict(), {
             "model": cfg.model, "model_kwargs": {}, "params": summary["params"], "macs": count_macs(net.cpu()),
@@ -202,7 +207,7 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
             "calibration": calib,  # temperature scaling fitted on the validation split (digits.calibrate)
         })
         (folder / RESUME).unlink(missing_ok=True)
-    dist.barrier()  # no rank returns before the checkpoint is on disk
+    dist.only(dist.main, write, f"write the checkpoint in {folder}")  # no rank returns before it is on disk
     return TrainResult(model=cfg.model, epochs=cfg.epochs, seed=cfg.seed, recipe=cfg.recipe,
                        val_accuracy=state["best_val"], test_accuracy=test_acc, best_epoch=state["best_epoch"],
                        checkpoint=str(folder / "model.safetensors"), history=state["history"], **summary)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -78,10 +80,12 @@ def test_ddp_gradients_equal_one_process_on_the_whole_batch(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 def _ctrl_c_on_rank_1(d: Dist, after: int = 20):
-    """A stand-in for digits.resume.SigintFlag: Ctrl-C reaches rank 1 only, before its 21st step."""
+    """A stand-in for digits.resume.StopFlag: Ctrl-C reaches rank 1 only, before its 21st step."""
     reads = [0]
 
     class Flag:
+        signum = signal.SIGINT
+
         def __enter__(self):
             return self
 
@@ -104,23 +108,31 @@ def _train_worker(rank: int, store: str, out: str) -> None:
     out = Path(out)
     splits = load_splits(FIXTURE, seed=0)
     cfg = resolve_config("lenet5", "default", **E2E)
-    real_flag = tr.SigintFlag
+    real_flag = tr.StopFlag
     try:
         result = train(cfg, splits, out / f"rank{rank}")  # rank 1's folder must stay empty
         (out / f"result{rank}.json").write_text(json.dumps(result.to_dict()))
         for folder in ("split", "state"):  # "split" is resumed below, "state" is left for the parent
-            tr.SigintFlag = _ctrl_c_on_rank_1(d)
+            tr.StopFlag = _ctrl_c_on_rank_1(d)
             try:
                 train(cfg, splits, out / folder)
                 raise AssertionError("not interrupted")
-            except TrainingInterrupted:
-                pass
-        tr.SigintFlag = real_flag
+            except TrainingInterrupted as e:
+                assert e.exit_code == 130
+        tr.StopFlag = real_flag
         train(cfg, splits, out / "split", resume=True)
+
+        def term(p):  # a real SIGTERM, to rank 0 alone (on_progress runs there), mid-epoch 2
+            if (p.epoch, p.step) == (2, 3):
+                signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM") as stopped:
+            train(cfg, splits, out / "term", on_progress=term)
+        assert stopped.value.exit_code == 75
+        train(cfg, splits, out / "term", resume=True)
         with pytest.raises(UsageError, match="global batch: 63"):
             train(resolve_config("lenet5", "default", epochs=1, batch_size=63, threads=1), splits, out / "odd")
     finally:
-        tr.SigintFlag = real_flag
+        tr.StopFlag = real_flag
         _leave()
 
 
@@ -177,14 +189,55 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step_and_resumes(ddp_ru
     tmp, _ = ddp_run
     # rank 0 never saw Ctrl-C, yet the state it saved is at rank 1's step: the 21st, epoch 2 step 6
     saved = torch.load(tmp / "state/lenet5/resume.pt", weights_only=True)
-    assert saved["world_size"] == 2 and (saved["loop"]["epoch"], saved["loop"]["step"]) == (1, 5)
-    assert len(saved["torch_rng_by_rank"]) == 2
-    # the resumed run reached exactly the uninterrupted 2-rank run's weights
-    a, b = _weights(tmp / "split"), _weights(tmp / "rank0")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not (tmp / "split/lenet5/resume.pt").exists()
+    # the vote is read one step after it is cast (no blocking all-reduce per step): the 22nd step
+    assert saved["world_size"] == 2 and (saved["loop"]["epoch"], saved["loop"]["step"]) == (1, 6)
+    assert len(saved["torch_rng_by_rank"]) == 2 and saved["loss_sum_by_rank"].shape == (2,)
+    assert saved["loss_sum_by_rank"][0] != saved["loss_sum_by_rank"][1]  # each rank's own partial sum
+    # the resumed runs (after Ctrl-C on rank 1, after SIGTERM on rank 0) reached exactly the
+    # uninterrupted 2-rank run's weights, and the same history: the resumed epoch's loss included
+    b = _weights(tmp / "rank0")
+    history = json.loads((tmp / "rank0/lenet5/manifest.json").read_text())["history"]
+    for folder in ("split", "term"):
+        a = _weights(tmp / folder)
+        assert all(torch.equal(a[k], b[k]) for k in a), folder
+        assert json.loads((tmp / folder / "lenet5/manifest.json").read_text())["history"] == history, folder
+        assert not (tmp / folder / "lenet5/resume.pt").exists()
     with pytest.raises(UsageError, match="ran on 2 process"):  # a resume on another world size
         train(resolve_config("lenet5", "default", **E2E), splits, tmp / "state", resume=True)
+
+
+# --------------------------------------------------------------------------- rank 0 fails alone
+def _failing_write_worker(rank: int, store: str, out: str) -> None:
+    from digits.data import load_splits
+    from digits.distributed import RankFailed
+    from digits.errors import DigitsError
+    from digits.train import resolve_config, train
+
+    _join(rank, store)
+    splits = load_splits(FIXTURE, seed=0)
+    t0 = time.monotonic()
+    try:
+        train(resolve_config("lenet5", "fast", epochs=1, batch_size=64, threads=1), splits, Path(out))
+        outcome = "trained"
+    except RankFailed as e:
+        outcome = f"RankFailed: {e}"
+    except DigitsError as e:
+        outcome = f"DigitsError: {e}"
+    Path(out, f"outcome{rank}.json").write_text(json.dumps({"outcome": outcome, "seconds": time.monotonic() - t0}))
+    _leave()  # both ranks know: they leave together, as the CLI does
+
+
+def test_rank_0_failing_to_write_alone_stops_the_others_at_once(tmp_path):
+    """Outside torchrun nobody stops the other ranks: they must learn of rank 0's failure
+    instead of waiting at a barrier for the collective timeout (60 s here, 30 min by default)."""
+    (tmp_path / "lenet5/model.safetensors").mkdir(parents=True)  # rank 0's write fails: a directory is there
+    t0 = time.monotonic()
+    _spawn(_failing_write_worker, tmp_path, str(tmp_path))
+    took = time.monotonic() - t0
+    r0, r1 = (json.loads((tmp_path / f"outcome{r}.json").read_text()) for r in (0, 1))
+    assert r0["outcome"].startswith("DigitsError: Could not write the checkpoint"), r0
+    assert r1["outcome"].startswith("RankFailed: Stopped: another rank could not write the checkpoint"), r1
+    assert took < 40  # far below the 60-s collective timeout a barrier would have waited for
 
 
 def test_ddp_rules():
@@ -220,6 +273,46 @@ def test_cli_nproc_2_runs_under_torchrun(ddp_run, tmp_path):
     assert json.loads(done.stdout)["model"] == "lenet5"  # rank 0 alone prints: one JSON document
     _assert_same_run(_weights(tmp_path), _weights(ddp_run[0] / "single"))
     assert json.loads((tmp_path / "lenet5/manifest.json").read_text())["distributed"]["world_size"] == 2
+
+
+# Every process of the run (the launcher, both torchrun workers) imports this at start-up:
+# rank 0's first progress update touches a marker and pauses, so SIGTERM lands mid-run.
+SITECUSTOMIZE = """
+import os, pathlib, time
+marker = pathlib.Path(os.environ["DIGITS_TEST_MARKER"])
+import digits.ui as ui
+real = ui.advance
+def advance(*a):
+    if not marker.exists():
+        marker.touch()
+        time.sleep(3)
+    real(*a)
+ui.advance = advance
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_2_rank_run_saves_state_and_resume_finishes_identically(ddp_run, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    marker, out = tmp_path / "started", tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "DIGITS_TEST_MARKER": str(marker)}
+    cmd = [sys.executable, "-m", "digits", "train", *COMMON, "--nproc", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):
+        if marker.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the launcher, as Slurm or the kubelet would: torchrun passes it on
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 75, err[-3000:]
+    assert "resume state is in" in err and (out / "lenet5/resume.pt").is_file()
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _weights(out), _weights(ddp_run[0] / "rank0")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

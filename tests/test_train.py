@@ -59,6 +59,54 @@ def test_sigint_saves_state_and_resume_reaches_the_same_weights(splits, tmp_path
     assert not (tmp_path / "split/cnn" / RESUME).exists() and len(result.history) == 3
 
 
+# The real CLI in a process of its own; its first progress update touches a marker file
+# and pauses, so the test's SIGTERM lands mid-epoch, as a scheduler's would.
+DRIVER = """
+import pathlib, sys, time
+import digits.ui as ui
+marker, real = pathlib.Path(sys.argv[1]), ui.advance
+def advance(*a):
+    if not marker.exists():
+        marker.touch()
+        time.sleep(3)
+    real(*a)
+ui.advance = advance
+from digits.cli import app
+sys.argv = ["digits", *sys.argv[2:]]
+app()
+"""
+
+
+def test_sigterm_to_digits_train_saves_state_exits_75_and_resume_finishes_identically(splits, tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "data"
+    args = ["train", "mlp", "--recipe", "fast", "--epochs", "3", "--batch-size", "64", "--threads", "1",
+            "--data-dir", str(fixture), "--out", str(tmp_path / "split")]
+    marker = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(marker), *args], stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if marker.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 75, err[-2000:]  # EX_TEMPFAIL: a requeue script's cue
+    assert "stopped by SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    assert (tmp_path / "split/mlp" / RESUME).is_file() and not (tmp_path / "split/mlp/model.safetensors").exists()
+    done = subprocess.run([sys.executable, "-m", "digits", *args, "--resume"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    threads = torch.get_num_threads()
+    try:
+        train(resolve_config("mlp", "fast", epochs=3, batch_size=64, threads=1), splits, tmp_path / "whole")
+    finally:
+        torch.set_num_threads(threads)
+    assert sha256_file(tmp_path / "split/mlp/model.safetensors") == sha256_file(tmp_path / "whole/mlp/model.safetensors")
+
+
 def test_resume_with_other_settings_is_refused(splits, tmp_path):
     cfg = resolve_config("mlp", "fast", **QUICK)
     with pytest.raises(TrainingInterrupted):

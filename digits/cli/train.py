@@ -41,7 +41,8 @@ def train(
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph/--no-cuda-graph",
                                              help="On CUDA, replay the step as a CUDA graph.")] = True,
     out_dir: OutDir = Path("artifacts"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (Ctrl-C saves one).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (Ctrl-C or SIGTERM saves "
+                                         "one).")] = False,
     nproc: Annotated[int, typer.Option(min=1, help="Data-parallel processes on this machine (DDP under torchrun; "
                                        "--batch-size stays the global batch).")] = 1,
     data_dir: DataDir = None,
@@ -61,7 +62,7 @@ def train(
                            augment=augment, device=device.value, threads=threads,
                            cuda_graph=cuda_graph) for n in names]
     if nproc > 1:
-        return _launch(nproc, cfgs)
+        return _launch(nproc, cfgs, out_dir)
     dist = distributed.Dist()
     if distributed.launched():  # a worker that torchrun or Slurm started
         dist = distributed.init_from_env(resolve_device(device.value))
@@ -69,9 +70,8 @@ def train(
             cfgs = [replace(c, threads=cores_per_process(dist.local_world)) for c in cfgs]
     try:
         root = data_root(data_dir)
-        if dist.local_rank == 0:  # one download or check per machine; the others wait for it
-            ensure_mnist(root, log=log)
-        dist.barrier()
+        # one download or check per machine; the others wait for it, and learn if it failed
+        dist.only(dist.local_rank == 0, lambda: ensure_mnist(root, log=log), f"fetch or verify MNIST in {root}")
         splits = load_splits(root, seed=seed)
         results = []
         with train_progress(enabled=dist.main) as progress:
@@ -79,7 +79,7 @@ def train(
                 task = progress.add_task(cfg.model, total=None, epoch="-", loss=float("nan"), val="-")
                 results.append(train_one(cfg, splits, out_dir, resume=resume,
                                          on_progress=functools.partial(advance, progress, task)))
-    except DigitsError as e:  # an agreed stop (Ctrl-C) or a refusal every rank makes alike
+    except DigitsError as e:  # an agreed stop (Ctrl-C, SIGTERM), a refusal or a failure every rank knows of
         distributed.finish()
         if not dist.main:
             raise typer.Exit(e.exit_code) from None  # said once, by rank 0
@@ -98,7 +98,7 @@ def train(
     out.print(f"Checkpoints: {out_dir}/<model>/model.safetensors + manifest.json", highlight=False)
 
 
-def _launch(nproc: int, cfgs) -> None:
+def _launch(nproc: int, cfgs, out_dir: Path) -> None:
     """``--nproc N``: the same command, without --nproc, as N torchrun workers."""
     import torch
 
@@ -128,4 +128,10 @@ def _launch(nproc: int, cfgs) -> None:
                          f"{torch.cuda.device_count()}.")
     log(f"digits train: {nproc} processes under torchrun (DDP, {'NCCL' if kind == 'cuda' else 'gloo'} "
         f"on {kind}); global batch {cfgs[0].batch_size}, {cfgs[0].batch_size // nproc} per process.")
-    distributed.launch(nproc, keep)
+    import time
+
+    from digits.checkpoint import RESUME, checkpoint_dir
+
+    start = time.time()
+    states = [checkpoint_dir(out_dir, c.model) / RESUME for c in cfgs]
+    distributed.launch(nproc, keep, lambda: [p for p in states if p.is_file() and p.stat().st_mtime >= start])
