@@ -110,3 +110,41 @@ def live_server(served):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# Imported at start-up by every Python process of a run (the CLI, a torchrun launcher and its
+# workers): the first progress update touches a marker file and pauses, so that a test's
+# signal lands mid-run, as a scheduler's would.
+SITECUSTOMIZE = """
+import os, pathlib, time
+marker = pathlib.Path(os.environ["DIGITS_TEST_MARKER"])
+import digits.ui as ui
+real = ui.advance
+def advance(*a):
+    if not marker.exists():
+        marker.touch()
+        time.sleep(3)
+    real(*a)
+ui.advance = advance
+"""
+
+
+@pytest.fixture
+def paused_run(tmp_path):
+    """``(env, wait)``: run a `digits train` subprocess with ``env``; ``wait(proc)`` returns
+    once its training loop has started (and is paused for 3 s)."""
+    import os
+    import time
+
+    hook, marker = tmp_path / "hook", tmp_path / "started"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "DIGITS_TEST_MARKER": str(marker)}
+
+    def wait(proc) -> None:
+        for _ in range(1200):
+            if marker.exists() or proc.poll() is not None:
+                return
+            time.sleep(0.05)
+    return env, wait

@@ -275,36 +275,13 @@ def test_cli_nproc_2_runs_under_torchrun(ddp_run, tmp_path):
     assert json.loads((tmp_path / "lenet5/manifest.json").read_text())["distributed"]["world_size"] == 2
 
 
-# Every process of the run (the launcher, both torchrun workers) imports this at start-up:
-# rank 0's first progress update touches a marker and pauses, so SIGTERM lands mid-run.
-SITECUSTOMIZE = """
-import os, pathlib, time
-marker = pathlib.Path(os.environ["DIGITS_TEST_MARKER"])
-import digits.ui as ui
-real = ui.advance
-def advance(*a):
-    if not marker.exists():
-        marker.touch()
-        time.sleep(3)
-    real(*a)
-ui.advance = advance
-"""
-
-
 @pytest.mark.slow
-def test_sigterm_to_a_2_rank_run_saves_state_and_resume_finishes_identically(ddp_run, tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    marker, out = tmp_path / "started", tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "DIGITS_TEST_MARKER": str(marker)}
+def test_sigterm_to_a_2_rank_run_saves_state_and_resume_finishes_identically(ddp_run, tmp_path, paused_run):
+    env, wait = paused_run
+    out = tmp_path / "out"
     cmd = [sys.executable, "-m", "digits", "train", *COMMON, "--nproc", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    for _ in range(1200):
-        if marker.exists() or proc.poll() is not None:
-            break
-        time.sleep(0.05)
+    wait(proc)
     proc.send_signal(signal.SIGTERM)  # to the launcher, as Slurm or the kubelet would: torchrun passes it on
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 75, err[-3000:]

@@ -59,39 +59,17 @@ def test_sigint_saves_state_and_resume_reaches_the_same_weights(splits, tmp_path
     assert not (tmp_path / "split/cnn" / RESUME).exists() and len(result.history) == 3
 
 
-# The real CLI in a process of its own; its first progress update touches a marker file
-# and pauses, so the test's SIGTERM lands mid-epoch, as a scheduler's would.
-DRIVER = """
-import pathlib, sys, time
-import digits.ui as ui
-marker, real = pathlib.Path(sys.argv[1]), ui.advance
-def advance(*a):
-    if not marker.exists():
-        marker.touch()
-        time.sleep(3)
-    real(*a)
-ui.advance = advance
-from digits.cli import app
-sys.argv = ["digits", *sys.argv[2:]]
-app()
-"""
-
-
-def test_sigterm_to_digits_train_saves_state_exits_75_and_resume_finishes_identically(splits, tmp_path):
+def test_sigterm_to_digits_train_saves_state_exits_75_and_resume_finishes_identically(splits, tmp_path, paused_run):
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
+    env, wait = paused_run
     fixture = Path(__file__).parent / "data"
     args = ["train", "mlp", "--recipe", "fast", "--epochs", "3", "--batch-size", "64", "--threads", "1",
             "--data-dir", str(fixture), "--out", str(tmp_path / "split")]
-    marker = tmp_path / "started"
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(marker), *args], stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        if marker.exists() or proc.poll() is not None:
-            break
-        time.sleep(0.05)
+    proc = subprocess.Popen([sys.executable, "-m", "digits", *args], env=env, stderr=subprocess.PIPE, text=True)
+    wait(proc)  # the training loop has started
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 75, err[-2000:]  # EX_TEMPFAIL: a requeue script's cue
