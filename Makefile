@@ -51,8 +51,11 @@ bench: setup
 	$(PY) -m pytest -q -m benchmark --benchmark-enable --benchmark-json=results/pytest-benchmark.json
 
 # Load test of `digits serve` on 127.0.0.1, batch-1 against dynamic batching -> results/serve-cpu-<date>.*
+# KSERVE_PYTHON=/path/to/venv/bin/python (a venv with `pip install kserve onnxruntime`) adds
+# KServe's ModelServer as the peer; --profile needs py-spy (pip install py-spy).
 bench-serve: setup
-	$(PY) scripts/bench_serve.py --requests 3000 --out results
+	$(PY) scripts/bench_serve.py --requests 3000 --out results \
+		$(if $(KSERVE_PYTHON),--peer kserve --peer-python $(KSERVE_PYTHON)) $(if $(PROFILE),--profile)
 
 # The drawing page and the API on http://127.0.0.1:8000/ (after `make run`)
 serve: setup

@@ -69,7 +69,9 @@ class Found:
         from digits.calibrate import calibrated
 
         logits = np.asarray(logits, dtype=np.float32)
-        top = np.log(calibrated(logits, temperature).numpy().max(1))  # log of each row's top probability
+        if not self.splits:  # nothing to choose between (a JSON array, separate digits): read as found
+            return [box for box, _ in self.digits], logits[:len(self.digits)], [img for _, img in self.digits]
+        top = np.log(calibrated(logits, temperature).max(1))  # log of each row's top probability
         boxes, rows, imgs, at = [], [], [], len(self.digits)
         for i, (box, img) in enumerate(self.digits):
             pieces = self.splits.get(i, [])

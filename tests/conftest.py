@@ -123,7 +123,7 @@ real = ui.advance
 def advance(*a):
     if not marker.exists():
         marker.touch()
-        time.sleep(3)
+        time.sleep(1)
     real(*a)
 ui.advance = advance
 """
@@ -132,7 +132,7 @@ ui.advance = advance
 @pytest.fixture
 def paused_run(tmp_path):
     """``(env, wait)``: run a `digits train` subprocess with ``env``; ``wait(proc)`` returns
-    once its training loop has started (and is paused for 3 s)."""
+    once its training loop has started (and is paused for 1 s)."""
     import os
     import time
 

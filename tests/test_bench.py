@@ -576,3 +576,43 @@ def test_cli_a_missing_optional_runtime_exits_0_unless_strict(exported, trained,
     strict = _bench_cli(trained, fixture_root, tmp_path / "strict", "--backends", "eager,onnxruntime", "--strict")
     assert strict.exit_code == 1 and "1 cell(s) failed" in " ".join(strict.output.split())
     assert "Traceback" not in strict.output
+
+
+# --------------------------------------------------------------------------- --processes
+def test_cli_processes_makes_one_sample_per_worker_process(exported, trained, fixture_root, tmp_path):
+    result = runner.invoke(app, ["bench", "--models", "lenet5", "--backends", "eager,onnxruntime", "--batch-sizes",
+                                 "1", "--min-time", "0", "--warmup", "1", "--precisions", "fp32", "--rounds", "2",
+                                 "--processes", "2", "--samples", "--checkpoint", str(trained), "--artifacts",
+                                 str(trained), "--out", str(tmp_path), "--data-dir", str(fixture_root), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["environment"]["processes"] == 2 and report["environment"]["process_spread"] is not None
+    with gzip.open(next(tmp_path.glob("bench-cpu-*-samples.json.gz")), "rt") as f:
+        samples = json.load(f)["samples_ms"]
+    for r in report["records"]:
+        assert r["error"] is None and len(r["process_p50_ms"]) == 2 and len(r["round_p50_ms"]) == 4
+        assert r["p50_ms"] == pytest.approx(statistics.median(r["process_p50_ms"]))
+        assert len(samples[f"lenet5/{r['backend']}/fp32/cpu/1"]) == r["iterations"]  # both workers' calls
+
+
+def test_merging_worker_processes():
+    from digits.bench.processes import merge_processes
+
+    def rec(p50, calls, seconds, error=None, passed=True):
+        return {"model": "mlp", "backend": "eager", "precision": "fp32", "device": "cpu", "batch_size": 8,
+                "macs_per_image": 100, "p50_ms": p50, "p90_ms": p50, "p99_ms": p50, "mean_ms": p50, "std_ms": 0.0,
+                "first_call_ms": 1.0, "iterations": 10, "throughput_calls": calls, "throughput_seconds": seconds,
+                "round_p50_ms": [p50, p50], "parity": {"passed": True}, "cell_parity": {"passed": passed},
+                "untrusted": None, "error": error}
+    env = {"round_spread": 0.01, "peak_gflops_by_precision": {"fp32": 1.0}}
+    merged = merge_processes([{"environment": env, "records": [rec(1.0, 100, 1.0)]},
+                              {"environment": env, "records": [rec(3.0, 100, 3.0, passed=False)]},
+                              {"environment": env, "records": [rec(2.0, 100, 2.0)]}])
+    r = merged["records"][0]
+    assert r["p50_ms"] == 2.0 and r["process_p50_ms"] == [1.0, 3.0, 2.0] and len(r["round_p50_ms"]) == 6
+    assert r["throughput"] == pytest.approx(300 * 8 / 6.0)  # every worker's calls over their summed time
+    assert not r["cell_parity"]["passed"]  # the worst worker's verdict stands
+    assert merged["environment"]["process_spread"] == pytest.approx(2.0)  # 3.0 / 1.0 - 1
+    failed = merge_processes([{"environment": env, "records": [rec(1.0, 1, 1.0)]},
+                              {"environment": env, "records": [rec(1.0, 1, 1.0, error="boom")]}])
+    assert failed["records"][0]["error"] == "boom (in 1 of 2 worker processes)"

@@ -312,7 +312,8 @@ def test_a_slurm_task_is_found_from_its_variables(monkeypatch):
     from digits import distributed
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what _from_slurm sets below is undone after the test
+        monkeypatch.delenv(name)
     assert not distributed.launched()
     monkeypatch.setenv("SLURM_NTASKS", "8")  # a batch script of an 8-task job: not a rank itself
     assert not distributed.launched()

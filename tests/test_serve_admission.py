@@ -326,15 +326,33 @@ def _flood(served, clients: int, mb: float, rate: float) -> dict:
     return measure(served, clients, mb, rate, [])
 
 
-def test_a_flood_of_slow_uploads_is_refused_at_the_budget_and_ordinary_requests_go_on(served):
-    r = _flood(served, clients=40, mb=3, rate=2)
-    assert r["slow_status"].get("503", 0) >= 10  # 64 MiB holds 21 bodies of 3 MB; the rest are refused unread
-    assert r["ordinary_requests"] >= 10 and r["ordinary_status"] == {"200": r["ordinary_requests"]}
+@pytest.mark.slow
+def test_300_slow_10mb_uploads_stay_under_1gb_above_idle(served):
+    """The issue's flood: most uploads are refused unread (503) at the 64 MiB budget, the
+    admitted ones trickle in, memory stays bounded and ordinary requests go on."""
+    r = _flood(served, clients=300, mb=10, rate=1)
+    assert r["peak_above_idle_mb"] < 1024 and r["slow_status"].get("503", 0) >= 250
+    assert r["ordinary_requests"] >= 50 and r["ordinary_status"] == {"200": r["ordinary_requests"]}
     assert r["ordinary_p99_ms"] < 2000  # within the request deadline
 
 
-@pytest.mark.slow
-def test_300_slow_10mb_uploads_stay_under_1gb_above_idle(served):
-    r = _flood(served, clients=300, mb=10, rate=1)
-    assert r["peak_above_idle_mb"] < 1024 and r["ordinary_status"] == {"200": r["ordinary_requests"]}
-    assert r["ordinary_p99_ms"] < 2000
+# --------------------------------------------------------------------------- batching that pays
+def test_a_lone_request_runs_at_once_and_concurrent_ones_form_batches(app_of):
+    """c=1 never waits for company (the batcher's wait is 500 ms here: a lone request that
+    waited would show it); 32 requests arriving together are run in a few batches, not one
+    by one on the event loop (each parsed in full before the next starts, they once all saw
+    themselves alone and ran inline)."""
+    app, runtime = app_of(max_wait_ms=500)
+    scope = _scope("/v1/predict", {"Content-Type": "application/json"}, "model=lenet5")
+
+    async def go():
+        for _ in range(5):  # one at a time: the model's single-row time is measured, then inlined
+            t0 = time.monotonic()
+            assert (await _call(app, dict(scope), _whole(ZERO_JSON)))[0] == 200
+            assert time.monotonic() - t0 < 0.25
+        lone = runtime.calls
+        answers = await asyncio.gather(*(_call(app, dict(scope), _whole(ZERO_JSON)) for _ in range(32)))
+        return lone, answers
+    lone, answers = asyncio.run(_lifespan(app, go))
+    assert lone == 5 and all(a[0] == 200 for a in answers)
+    assert runtime.calls - lone <= 4 and runtime.rows - lone == 32  # 32 rows in a few calls

@@ -1,21 +1,28 @@
 """Compare bench runs with statistics, and merge runs from several machines into one report.
 
-Cells are matched on (model, backend, precision, device, batch size). For each pair the
-change is the ratio of medians (after p50 / before p50), with a 95% bootstrap confidence
-interval, and a two-sided Mann-Whitney U test says whether the two distributions differ,
-as Google Benchmark's ``compare.py`` and pyperf's ``compare_to`` do. The figures compared
-are every timed call's latency when both runs wrote ``--samples`` files beside their JSON,
-else each run's per-round p50s (``round_p50_ms``). A difference is *significant* when
-p < ``alpha`` and the interval excludes 1; it *matters* when it is also larger than
-``tolerance``. A run compared with itself shows no significant difference.
+Cells are matched on (model, backend, precision, device, batch size). **The unit is a
+repetition, never a call**: calls within one process are autocorrelated and miss the
+run-to-run variance a before/after comparison has to beat, so the samples are each run's
+per-process p50s (``process_p50_ms``, from ``digits bench --processes N``, as pyperf
+compares values from separate worker processes) when both runs have at least two, else its
+per-round p50s (``round_p50_ms``, as Google Benchmark's U-test compares repetitions).
+Per-call latencies still make each run's own percentiles; they never enter a test here.
+
+For each pair: **ratio** = median(after's repetitions) / median(before's repetitions), and
+its 95% percentile-bootstrap interval resamples exactly that statistic, so the ratio always
+lies inside its own interval; a two-sided Mann-Whitney U test on the same repetitions, with
+scipy's default method choice (exact when either sample has at most 8 values and there are
+no ties, else the normal approximation with tie and continuity corrections). A difference
+is *significant* when p < ``alpha`` and the interval excludes 1; it *matters* when it is
+also larger than ``tolerance``. A run compared with itself shows no significant difference.
+``scripts/aa_test.py`` measures how often two runs of the same code are flagged (the false-
+positive rate) and how often an injected 10% slowdown is (the power): docs/bench.md.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +31,17 @@ from digits.errors import UsageError
 
 ENV_KEYS = ("cpu", "cores", "threads", "device_name", "gpu_driver", "cuda_version", "cudnn_version", "torch",
             "onnxruntime", "onnx", "openvino", "numpy", "python", "digits")
-MAX_SAMPLES = 1000  # per side, for the bootstrap: a random subset of a long per-call record
 
 
-def load_run(path: Path) -> tuple[dict, dict | None]:
-    """``(report, {cell key: per-call samples} or None)``; bad input is a clear DigitsError."""
+def load_run(path: Path) -> dict:
+    """A `digits bench` report; bad input is a clear DigitsError."""
     try:
         report = json.loads(Path(path).read_text())
         report["environment"], report["records"]  # noqa: B018 - both must be there
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"Cannot read {path} as a `digits bench` report ({type(e).__name__}: {e}). "
                           "Pass the .json files `digits bench` wrote.") from None
-    samples_path = Path(path).with_name(Path(path).stem + "-samples.json.gz")
-    samples = None
-    if samples_path.is_file():
-        with gzip.open(samples_path, "rt", encoding="utf-8") as f:
-            samples = json.load(f)["samples_ms"]
-    return report, samples
+    return report
 
 
 def key(r: dict) -> tuple:
@@ -61,19 +62,19 @@ def machine(env: dict) -> str:
     return f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores" + (f", {dev}" if dev else "")
 
 
-def mann_whitney_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided p of the Mann-Whitney U test: exact for small samples without ties, else the
-    normal approximation with tie correction (scipy's defaults, without scipy)."""
+def mann_whitney_p(x: np.ndarray, y: np.ndarray, method: str = "auto") -> float:
+    """Two-sided p of the Mann-Whitney U test, as ``scipy.stats.mannwhitneyu`` computes it:
+    ``auto`` is exact when either sample has at most 8 values and there are no ties, else
+    the normal approximation with tie correction and a continuity correction of 1/2."""
     n1, n2 = len(x), len(y)
     if n1 == 0 or n2 == 0:
         return float("nan")
     both = np.concatenate([x, y])
-    ranks = _ranks(both)
-    u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2
-    u = min(u1, n1 * n2 - u1)
+    u1 = _ranks(both)[:n1].sum() - n1 * (n1 + 1) / 2
     ties = len(np.unique(both)) < len(both)
-    if n1 <= 8 and n2 <= 8 and not ties:
+    if method == "exact" or (method == "auto" and min(n1, n2) <= 8 and not ties):
         counts = _u_counts(n1, n2)  # how many orderings give each U
+        u = min(u1, n1 * n2 - u1)
         return min(1.0, 2 * counts[: int(math.floor(u)) + 1].sum() / counts.sum())
     _, t = np.unique(both, return_counts=True)
     n = n1 + n2
@@ -92,15 +93,22 @@ def _ranks(v: np.ndarray) -> np.ndarray:
 
 
 def _u_counts(n1: int, n2: int) -> np.ndarray:
-    """Number of arrangements of n1 x's and n2 y's for each value of U (x before y pairs)."""
-    counts = np.zeros(n1 * n2 + 1)
-    for xs in combinations(range(n1 + n2), n1):
-        counts[sum(1 for i, p in enumerate(xs) for _ in range(p - i))] += 1  # y's before each x
-    return counts
+    """Orderings of n1 x's and n2 y's for each value of U: the coefficients of the Gaussian
+    binomial [n1 + n2 choose n1](q) = prod_i (1 - q^(n2 + i)) / (1 - q^i), built one factor at
+    a time (O(n1 n1 n2), so 8 against 1,000 values is instant; floats, as only ratios count)."""
+    m, n = min(n1, n2), max(n1, n2)
+    c = np.zeros(m * n + 1)
+    c[0] = 1.0
+    for i in range(1, m + 1):
+        c[n + i:] -= c[: len(c) - n - i].copy()  # times (1 - q^(n+i))
+        for k in range(i, len(c)):  # divided by (1 - q^i): a running sum with stride i
+            c[k] += c[k - i]
+    return c
 
 
-def ratio_ci(before: np.ndarray, after: np.ndarray, seed: int = 0, n_boot: int = 1000) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of median(after) / median(before)."""
+def ratio_ci(before: np.ndarray, after: np.ndarray, seed: int = 0, n_boot: int = 2000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of median(after) / median(before): the statistic
+    :func:`compare_runs` reports as the ratio, resampled over the same repetitions."""
     rng = np.random.default_rng(seed)
     b = rng.choice(before, (n_boot, len(before)))
     a = rng.choice(after, (n_boot, len(after)))
@@ -108,36 +116,37 @@ def ratio_ci(before: np.ndarray, after: np.ndarray, seed: int = 0, n_boot: int =
     return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
-def compare_runs(before: tuple[dict, dict | None], after: tuple[dict, dict | None], *, alpha: float = 0.05,
-                 tolerance: float = 0.05) -> dict:
+def repetitions(r: dict, other: dict) -> tuple[np.ndarray, str]:
+    """A cell's samples: per-process p50s when both sides have two or more, else per-round p50s."""
+    if len(r.get("process_p50_ms") or []) > 1 and len(other.get("process_p50_ms") or []) > 1:
+        return np.asarray(r["process_p50_ms"]), "processes"
+    return np.asarray(r.get("round_p50_ms") or [r["p50_ms"]]), "rounds"
+
+
+def compare_runs(before: dict, after: dict, *, alpha: float = 0.05, tolerance: float = 0.05) -> dict:
     """``{"environment": [(key, before, after)], "basis": ..., "rows": [...]}`` for every matched cell."""
-    (rep_a, samp_a), (rep_b, samp_b) = before, after
-    per_call = samp_a is not None and samp_b is not None
-    old = {key(r): r for r in rep_a["records"] if r.get("error") is None and r.get("p50_ms")}
-    rng = np.random.default_rng(0)
-    rows = []
-    for r in rep_b["records"]:
+    old = {key(r): r for r in before["records"] if r.get("error") is None and r.get("p50_ms")}
+    rows, bases = [], set()
+    for r in after["records"]:
         o = old.get(key(r))
         if o is None or r.get("error") is not None or not r.get("p50_ms"):
             continue
-        if per_call and sample_key(o) in samp_a and sample_key(r) in samp_b:
-            xa, xb = np.asarray(samp_a[sample_key(o)]), np.asarray(samp_b[sample_key(r)])
-        else:
-            xa, xb = np.asarray(o.get("round_p50_ms") or [o["p50_ms"]]), np.asarray(r.get("round_p50_ms") or [r["p50_ms"]])
-        xa = rng.choice(xa, MAX_SAMPLES, replace=False) if len(xa) > MAX_SAMPLES else xa
-        xb = rng.choice(xb, MAX_SAMPLES, replace=False) if len(xb) > MAX_SAMPLES else xb
-        ratio = r["p50_ms"] / o["p50_ms"]
+        (xa, basis), (xb, _) = repetitions(o, r), repetitions(r, o)
+        bases.add(basis)
+        ma, mb = float(np.median(xa)), float(np.median(xb))
+        ratio = mb / ma
         lo, hi = ratio_ci(xa, xb)
         p = mann_whitney_p(xa, xb)
         significant = bool(p < alpha and not lo <= 1.0 <= hi)
         rows.append({"model": r["model"], "backend": r["backend"], "precision": r.get("precision", "fp32"),
-                     "device": r["device"], "batch_size": r["batch_size"], "before_p50_ms": o["p50_ms"],
-                     "after_p50_ms": r["p50_ms"], "ratio": ratio, "ci_low": lo, "ci_high": hi, "p_value": p,
-                     "n_before": len(xa), "n_after": len(xb), "significant": significant,
+                     "device": r["device"], "batch_size": r["batch_size"], "before_p50_ms": ma,
+                     "after_p50_ms": mb, "ratio": ratio, "ci_low": lo, "ci_high": hi, "p_value": p,
+                     "n_before": len(xa), "n_after": len(xb), "basis": basis, "significant": significant,
                      "matters": significant and abs(ratio - 1) > tolerance})
-    return {"environment": env_differences(rep_a["environment"], rep_b["environment"]),
-            "same_machine": machine(rep_a["environment"]) == machine(rep_b["environment"]),
-            "basis": "per-call latencies (--samples files)" if per_call else "per-round p50s (round_p50_ms)",
+    names = {"processes": "per-process p50s (--processes)", "rounds": "per-round p50s (round_p50_ms)"}
+    return {"environment": env_differences(before["environment"], after["environment"]),
+            "same_machine": machine(before["environment"]) == machine(after["environment"]),
+            "basis": " and ".join(names[b] for b in sorted(bases)) or names["rounds"],
             "alpha": alpha, "tolerance": tolerance, "rows": rows}
 
 

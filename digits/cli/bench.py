@@ -13,6 +13,7 @@ from digits.cli._common import (
     Device,
     JsonFlag,
     csv_list,
+    data_root,
     mnist_test,
     app,
 )
@@ -43,6 +44,9 @@ def bench(
     min_time: Annotated[float, typer.Option(help="Minimum seconds of timed calls per cell (all rounds; half "
                                             "latency, half throughput).")] = 0.5,
     rounds: Annotated[int, typer.Option(help="Interleaved passes over all cells; samples are pooled.")] = 5,
+    processes: Annotated[int, typer.Option(min=1, help="Repeat the sweep in N fresh worker processes (as pyperf "
+                                           "does); each process's p50 becomes a sample for `digits compare`. "
+                                           "Costs N sweeps.")] = 1,
     checkpoint: CheckpointDir = Path("artifacts"),
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder `digits export --out` wrote.")] = Path("artifacts"),
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench-<device>-<date>.{json,csv,md,png}.")] = Path("results"),
@@ -70,14 +74,21 @@ def bench(
     cfg.validate()
     x, y = mnist_test(data_dir)
     total = len(cfg.models) * len(pairs(cfg)[0]) * len(cfg.batch_sizes)
-    with err.status(f"benchmarking {total} cells") as status:
-        done = []
+    samples: dict | None = {} if save_samples else None
+    if processes > 1:
+        from digits.bench.processes import run_processes
 
-        def progress(r):
-            done.append(r)
-            status.update(f"[{len(done)}/{total}] {r.model} {r.backend} {r.precision} batch {r.batch_size}")
-        samples: dict | None = {} if save_samples else None
-        report = run_bench(cfg, x, y, on_record=progress, samples=samples)
+        with err.status(f"benchmarking {total} cells in {processes} worker processes, one after another") as status:
+            report = run_processes(cfg, data_root(data_dir), processes, samples,
+                                   lambda i: status.update(f"worker {i + 1} of {processes} done"))
+    else:
+        with err.status(f"benchmarking {total} cells") as status:
+            done = []
+
+            def progress(r):
+                done.append(r)
+                status.update(f"[{len(done)}/{total}] {r.model} {r.backend} {r.precision} batch {r.batch_size}")
+            report = run_bench(cfg, x, y, on_record=progress, samples=samples)
     paths = write_report(report, out_dir)
     if samples:
         paths.append(write_samples(report, samples, out_dir))

@@ -15,8 +15,8 @@ from digits.ui import emit_json, guard, log, out, table
 @app.command(help=('Compare two bench runs (ratio of medians, 95% CI, significance), or merge several.\n\n'
               'Exit 0 when no matched cell changed significantly by more than --tolerance, 1 when one did (a '
               'gate for CI), 2 on bad usage. A run compared with itself shows no significant difference. '
-              'Per-call latencies are used when both runs wrote --samples files beside their JSON, else each '
-              "run's per-round p50s."))
+              'The samples are repetitions, never calls: per-process p50s when both runs used --processes, '
+              "else each run's per-round p50s; the ratio is the ratio of their medians."))
 @guard
 def compare(
     files: Annotated[list[Path], typer.Argument(help="`digits bench` JSON files: BEFORE AFTER, or several with --merge.")],
@@ -39,7 +39,7 @@ def compare(
     if merge:
         if len(files) < 1:
             raise UsageError("--merge needs at least one bench JSON file.")
-        blocks = merge_runs([(f.name, load_run(f)[0]) for f in files])
+        blocks = merge_runs([(f.name, load_run(f)) for f in files])
         md = out_file or Path("bench-merged.md")
         written = [atomic_write(md, _markdown(blocks))]
         if html:
@@ -80,6 +80,6 @@ def _render(result: dict, files: list[Path]) -> None:
                   f"{r['after_p50_ms'] * 1e3:,.1f}", f"{r['ratio']:.3f}", f"{r['ci_low']:.2f}-{r['ci_high']:.2f}",
                   f"{p:.0e}" if p < 1e-3 else f"{p:.3f}", verdict)
     sig = sum(r["significant"] for r in result["rows"])
-    t.caption = (f"ratio: after p50 / before p50; {sig}/{len(result['rows'])} cells differ significantly "
+    t.caption = (f"ratio: median of after's repetitions / before's; {sig}/{len(result['rows'])} cells differ significantly "
                  f"(Mann-Whitney U, p < {result['alpha']}, CI excluding 1), from {result['basis']}")
     out.print(t)

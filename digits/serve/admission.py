@@ -16,10 +16,10 @@ so its spooled temporary file goes away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 
 from digits.serve.inputs import ApiError
+
+TIMEOUT_AT = getattr(asyncio, "timeout_at", None)  # Python 3.11+
 
 
 class BodyBudget:
@@ -45,33 +45,43 @@ def header(scope: dict, name: bytes) -> str | None:
     return None
 
 
-@contextlib.asynccontextmanager
-async def admitted(scope: dict, budget: BodyBudget, limit: int):
-    """Reserve the request's body in ``budget`` (503 when it has no room), for as long as
-    the body, or what is made of it, is held."""
-    declared = header(scope, b"content-length")
-    size = int(declared) if declared and declared.isdigit() else None
-    if size is not None and size > limit:
-        raise ApiError(413, f"The body is {size:,} bytes; the limit is {limit:,} bytes.")
-    share = limit if size is None else size
-    if not budget.reserve(share):
-        raise ApiError(503, "The server is receiving as many uploads as it holds at once. Retry shortly.", retry_after=1)
-    try:
-        yield
-    finally:
-        budget.release(share)
+class admitted:  # noqa: N801 - used as ``async with admitted(...)``, like a function
+    """Reserve the request's body in ``budget`` (503 when it has no room), for as long as the
+    body, or what is made of it, is held. A plain class: contextlib's generator-based
+    manager cost more than the rest of admission on the hot path."""
+
+    __slots__ = ("budget", "share")
+
+    def __init__(self, scope: dict, budget: BodyBudget, limit: int):
+        declared = header(scope, b"content-length")
+        size = int(declared) if declared and declared.isdigit() else None
+        if size is not None and size > limit:
+            raise ApiError(413, f"The body is {size:,} bytes; the limit is {limit:,} bytes.")
+        self.budget, self.share = budget, limit if size is None else size
+
+    async def __aenter__(self):
+        if not self.budget.reserve(self.share):
+            raise ApiError(503, "The server is receiving as many uploads as it holds at once. Retry shortly.",
+                           retry_after=1)
+
+    async def __aexit__(self, *exc):
+        self.budget.release(self.share)
 
 
 def guarded(receive, limit: int, timeout_s: float):
     """``receive`` with the body's size limit (413) and its deadline (408) enforced."""
-    deadline = time.monotonic() + timeout_s
+    deadline = asyncio.get_running_loop().time() + timeout_s  # the loop's clock, as its timers use
     seen = [0]
 
     async def guarded_receive():
-        left = deadline - time.monotonic()
         try:
-            message = await asyncio.wait_for(receive(), max(left, 0.001))
-        except asyncio.TimeoutError:
+            if TIMEOUT_AT is not None:  # a timer on the loop, not the task per receive that wait_for makes
+                async with TIMEOUT_AT(deadline):
+                    message = await receive()
+            else:  # Python 3.10
+                left = deadline - asyncio.get_running_loop().time()
+                message = await asyncio.wait_for(receive(), max(left, 0.001))
+        except (asyncio.TimeoutError, TimeoutError):
             raise ApiError(408, f"The body did not arrive within {timeout_s:g} s.") from None
         if message["type"] == "http.request":
             seen[0] += len(message.get("body", b""))

@@ -31,7 +31,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -109,13 +108,14 @@ class ServeState:
         self.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digits-infer")  # one runtime call at a time
         self.budget = BodyBudget(cfg.body_budget_bytes)
         self.arriving = 0  # requests whose body is in, not yet queued: the batchers wait for them
+        self.active = 0  # hot-route requests in the server (any stage): 1 means a request is alone
         self.decode_slots: asyncio.Semaphore | None = None  # made in the server's own event loop, at start-up
         self.draining = threading.Event()  # set on SIGTERM (digits.serve.server): not ready, Connection: close
         self.batchers = {name: self._batcher(name, m) for name, m in models.items()}
 
     def _batcher(self, name: str, m: dict) -> Batcher:
-        def run(batch: np.ndarray, backend=m["backend"]) -> np.ndarray:
-            return backend(torch.from_numpy(batch)).numpy()
+        backend = m["backend"]
+        run = getattr(backend, "numpy_call", None) or (lambda batch: backend(torch.from_numpy(batch)).numpy())
         return Batcher(run, max_batch=self.cfg.max_batch, max_wait_ms=self.cfg.max_wait_ms, executor=self.inference,
                        on_batch=lambda n, s: self.metrics.batch_done(name, n, s),
                        others_coming=lambda: self.arriving > 0, max_queue=self.cfg.max_queue, name=name,
@@ -157,10 +157,24 @@ class ServeState:
         self.metrics.close()
 
 
+class DigitsApp(FastAPI):
+    """FastAPI with the hot routes answered before it (``digits.serve.hot``): a prediction
+    pays for none of FastAPI's per-request telemetry check, Starlette's error and exception
+    layers or the metrics middleware (the hot routes count and time themselves). OpenTelemetry
+    instrumentation, if configured, therefore sees every route but these two."""
+
+    hot: HotRoutes | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.hot is not None and (route := self.hot.match(scope)):
+            return await self.hot.answer(*route, scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
 def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastAPI:
     _bound_threads(cfg)
     state = ServeState(cfg, models if models is not None else load_models(cfg))
-    app = FastAPI(title="digits", version=__import__("digits").__version__, lifespan=state.running,
+    app = DigitsApp(title="digits", version=__import__("digits").__version__, lifespan=state.running,
                   description="Handwritten-digit recognition on the exported MNIST models.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.serve, app.state.config, app.state.models = state, cfg, list(state.models)
@@ -172,8 +186,8 @@ def create_app(cfg: ServeConfig, models: dict[str, dict] | None = None) -> FastA
     app.include_router(health_router(state))
     app.include_router(api_router(state))
     add_v2_routes(app, state)
-    app.add_middleware(HotRoutes, state=state)  # innermost: the hot routes before FastAPI's router
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics, draining=state.draining)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, draining=state.draining)  # every other route
+    app.hot = HotRoutes(state)
     return app
 
 

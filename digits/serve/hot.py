@@ -33,19 +33,35 @@ JSON = b"application/json"
 
 
 class HotRoutes:
-    """ASGI middleware: the hot routes answered here, everything else passed to the app."""
+    """The hot routes, answered before FastAPI sees the request (``DigitsApp.__call__``):
+    counted and timed in the metrics, ``Connection: close`` while draining."""
 
-    def __init__(self, app, state):
-        self.app, self.state = app, state
+    def __init__(self, state):
+        self.state = state
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            if path == "/v1/predict":
-                return await respond(send, *(await handle(predict, self.state, scope, receive)))
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
-                return await respond(send, *(await handle(v2_infer, self.state, scope, receive)))
-        await self.app(scope, receive, send)
+    @staticmethod
+    def match(scope) -> tuple | None:
+        """``(handler, metrics label)`` for a hot route, else None."""
+        if scope["method"] != "POST":
+            return None
+        path = scope["path"]
+        if path == "/v1/predict":
+            return predict, path
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            return v2_infer, "/v2/models/{name}/infer"
+        return None
+
+    async def answer(self, route, label: str, scope, receive, send) -> None:
+        t0 = time.perf_counter()
+        self.state.active += 1
+        try:
+            status, body, headers = await handle(route, self.state, scope, receive)
+        finally:
+            self.state.active -= 1
+        if self.state.draining.is_set():  # shutting down: the client reconnects elsewhere, not on this socket
+            headers = [*headers, (b"connection", b"close")]
+        await respond(send, status, body, headers)
+        self.state.metrics.request(label, status, time.perf_counter() - t0)
 
 
 async def handle(route, state, scope, receive) -> tuple[int, bytes, list]:
@@ -111,6 +127,7 @@ async def predict(state, scope, receive) -> tuple[int, bytes, list]:
             names = list(state.models) if model == "all" else [model]
             rows = np.stack([normalize28(img) for img in found.images()])
             t0 = time.perf_counter()
+            await others_in(state)
             futures = [(n, queued(state, n, rows)) for n in names]  # every model's queue at once
         finally:
             state.arriving -= 1  # queued now (or refused): no longer a reason for the batchers to wait
@@ -128,10 +145,20 @@ async def predict(state, scope, receive) -> tuple[int, bytes, list]:
     return 200, orjson.dumps(answer), []
 
 
+async def others_in(state) -> None:
+    """Yield once before queueing: a request whose body and parsing needed no wait would
+    otherwise run from its first byte to its answer without letting the requests that arrived
+    with it start, see itself alone (``state.active`` 1) and run inline, one at a time, under
+    any load. After the yield, every request ready to run has been counted (1 us at c=1)."""
+    await asyncio.sleep(0)
+
+
 def queued(state, name: str, rows: np.ndarray) -> asyncio.Future:
-    """``rows`` on ``name``'s batcher now (others still arriving make it wait for them)."""
+    """``rows`` on ``name``'s batcher now. A request alone in the server may be run at once on
+    the event loop; with others in flight it joins the queue, so that under load the batches
+    form while the inference thread runs the previous one on the other core."""
     try:
-        return state.batchers[name].enqueue(rows, state.cfg.timeout_ms / 1e3, others=state.arriving - 1)
+        return state.batchers[name].enqueue(rows, state.cfg.timeout_ms / 1e3, others=state.active - 1)
     except Overloaded:
         raise ApiError(503, f"{name} is busy: its queue is full. Retry shortly.", retry_after=1) from None
     except Unavailable:
@@ -172,6 +199,7 @@ async def v2_infer(state, scope, receive) -> tuple[int, bytes, list]:
                 async with state.decode_slots:
                     req, x = await run_in_threadpool(parse_infer, body, split, cfg.max_queue)
             del body
+            await others_in(state)
             future = queued(state, name, x)
         finally:
             state.arriving -= 1

@@ -43,18 +43,27 @@ def _without_gc(coro):
 
 
 async def _send(conn, request: bytes) -> tuple[bytes, bool]:
-    """(status line, whether the server closes the connection after it)."""
+    """(status line, whether the server closes the connection after it). The whole body is
+    read, by Content-Length or chunk by chunk (``Transfer-Encoding: chunked``)."""
     reader, writer = conn
     writer.write(request)
     await writer.drain()
     status_line = await reader.readline()
-    length, close = 0, False
+    length, close, chunked = 0, False, False
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
-        if name.lower() == "content-length":
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == "content-length":
             length = int(value)
-        close |= name.lower() == "connection" and value.strip().lower() == "close"
-    await reader.readexactly(length)
+        chunked |= name == "transfer-encoding" and value.endswith("chunked")
+        close |= name == "connection" and value == "close"
+    if not chunked:
+        await reader.readexactly(length)
+        return status_line, close
+    while size := int((await reader.readline()).split(b";")[0], 16):  # each chunk: its size in hex, data, CRLF
+        await reader.readexactly(size + 2)
+    while (await reader.readline()) not in (b"\r\n", b""):  # trailers, up to the blank line
+        pass
     return status_line, close
 
 
@@ -109,12 +118,15 @@ async def _open_loop(host, port, request, rate, duration, seed, time_limit):
     start = time.perf_counter() + 0.05
     gaps = rng.exponential(1 / rate, int(rate * duration * 1.5) + 20)
     arrivals = [start + t for t in np.cumsum(gaps) if t < duration]
+    end = start + duration  # the window: answers after it are late, not achieved
     idle: list = []
     opened: list = []  # every connection, so that none outlives the run (a cut-off level leaves some mid-request)
     lat: list[float] = []
     errors: list[str] = []
+    in_window = late = 0
 
     async def one(intended: float) -> None:
+        nonlocal in_window, late
         if (delay := intended - time.perf_counter()) > 0:
             await asyncio.sleep(delay)
         conn = idle.pop() if idle else None
@@ -123,9 +135,14 @@ async def _open_loop(host, port, request, rate, duration, seed, time_limit):
                 conn = await asyncio.open_connection(host, port)
                 opened.append(conn)
             status, close = await _send(conn, request)
-            lat.append((time.perf_counter() - intended) * 1e3)  # from when it should have been sent
+            now = time.perf_counter()
+            lat.append((now - intended) * 1e3)  # from when it should have been sent
             if not status.startswith(b"HTTP/1.1 200"):
                 errors.append(status.decode("latin-1").strip())
+            elif now <= end:
+                in_window += 1
+            else:
+                late += 1
             if close:
                 conn[1].close()
             else:
@@ -142,9 +159,11 @@ async def _open_loop(host, port, request, rate, duration, seed, time_limit):
     for _, writer in opened:
         writer.close()
     s = sorted(lat)
-    return {"rate_per_s": rate, "sent": len(arrivals), "answered": len(lat), "unanswered": len(arrivals) - len(lat),
-            "errors": len(errors),
-            "error_examples": sorted(set(errors))[:3], "achieved_per_s": len(lat) / duration,
+    return {"rate_per_s": rate, "sent": len(arrivals), "offered_per_s": len(arrivals) / duration,
+            "answered": len(lat), "unanswered": len(arrivals) - len(lat), "errors": len(errors),
+            "error_examples": sorted(set(errors))[:3],
+            "achieved_per_s": in_window / duration,  # 200s received within the window, over the window
+            "late": late,  # 200s received after the window closed: answered, but not at this rate
             "p50_ms": percentile(s, 50) if s else None, "p99_ms": percentile(s, 99) if s else None,
             "max_ms": s[-1] if s else None}
 
@@ -154,8 +173,11 @@ def run_open_loop(host: str, port: int, path: str, body: bytes, *, rate: float, 
     """Requests sent at Poisson arrival times of mean ``rate`` per second for ``duration`` s,
     whatever the server's answers do (an open loop, as a crowd of independent clients sends;
     a closed loop waits for each answer and so hides queueing: coordinated omission).
-    Latency counts from each request's *intended* send time. Connections are reused when
-    free and opened when not. Loopback only; bounded by ``time_limit`` past ``duration``."""
+    Latency counts from each request's *intended* send time. ``achieved_per_s`` counts the
+    200s received *within* the window, over the window; those received after it are ``late``
+    (a server that falls behind answers them up to ``time_limit`` later, and they must not
+    count as throughput at the offered rate). Connections are reused when free and opened
+    when not. Loopback only; bounded by ``time_limit`` past ``duration``."""
     _loopback_only(host)
     if rate <= 0 or duration <= 0:
         raise UsageError("rate and duration must be positive.")

@@ -39,17 +39,22 @@ class Metrics:
         self.worker = Gauge("digits_worker", "1 per serving process (a pid label per worker with --workers).",
                             registry=r, multiprocess_mode="liveall")
         self.worker.set(1)
+        self._series: dict = {}  # labelled children, looked up once (the label sets are bounded)
         self.shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # --workers: every process's files
         if self.shared:
             forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        if (series := self._series.get((route, status))) is None:  # labels() costs a lock and a dict walk
+            series = self._series[route, status] = (self.requests.labels(route, str(status)), self.latency.labels(route))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def batch_done(self, model: str, size: int, seconds: float) -> None:
-        self.batch.labels(model).observe(size)
-        self.inference.labels(model).observe(seconds)
+        if (series := self._series.get(model)) is None:
+            series = self._series[model] = (self.batch.labels(model), self.inference.labels(model))
+        series[0].observe(size)
+        series[1].observe(seconds)
 
     def error(self, model: str, cause: str) -> None:
         self.errors.labels(model, cause).inc()

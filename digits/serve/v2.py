@@ -101,7 +101,7 @@ def _check_outputs(request: dict) -> None:
 
 def infer_response(name: str, request: dict, logits: np.ndarray, temperature: float) -> tuple[int, bytes, list]:
     """``(200, body, headers)``: JSON, or Triton's JSON header + binary tensors (its own content type)."""
-    values = {"logits": logits.astype(np.float32), "probabilities": calibrated(logits, temperature).numpy()}
+    values = {"logits": logits.astype(np.float32), "probabilities": calibrated(logits, temperature)}
     params = request.get("parameters") or {}
     asked = request.get("outputs") or [{"name": n} for n in OUTPUTS]  # checked by parse_infer
     outputs, blobs = [], []

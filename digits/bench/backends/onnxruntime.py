@@ -61,5 +61,13 @@ class OnnxRuntime(Backend):
             binding.synchronize_outputs()  # the host clock stops when the logits are there
         return binding
 
+    def numpy_call(self, x):
+        """The plain session call on the CPU (no IO binding, no torch round trip): for one
+        served image this cost 25 us less than the timed path, which binds for the bench's
+        repeated calls on one prepared batch."""
+        if self.device != "cpu":
+            return super().numpy_call(x)
+        return self.session.run(("logits",), {"input": x})[0]
+
     def logits(self, binding) -> torch.Tensor:
         return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
