@@ -61,10 +61,10 @@ async def slow_upload(port: int, size: int, rate: float, codes: list) -> None:
         writer.close()
 
 
-async def ordinary(port: int, body: bytes, until: float, lat: list, codes: list) -> None:
+async def ordinary(port: int, body: bytes, until: list[float], lat: list, codes: list) -> None:
     req = (f"POST /v1/predict?model=lenet5 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    while time.monotonic() < until:
+    while time.monotonic() < until[0]:
         t0 = time.perf_counter()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -93,8 +93,11 @@ async def flood(port: int, pid: int, clients: int, size: int, rate: float, body:
     sampler = asyncio.ensure_future(sample())
     t0 = time.monotonic()
     slow = [asyncio.ensure_future(slow_upload(port, size, rate, codes)) for _ in range(clients)]
-    normal = asyncio.ensure_future(ordinary(port, body, t0 + size / rate + 2, lat, ord_codes))
-    await asyncio.gather(*slow, normal)
+    until = [t0 + size / rate + 2]  # ordinary requests go on while the flood lasts, and 1 s after
+    normal = asyncio.ensure_future(ordinary(port, body, until, lat, ord_codes))
+    await asyncio.gather(*slow)
+    until[0] = min(until[0], time.monotonic() + 1)
+    await normal
     done.set()
     await sampler
     s = sorted(lat)

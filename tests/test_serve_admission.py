@@ -320,19 +320,22 @@ def test_each_server_process_bounds_its_thread_pools(app_of):
 
 
 # --------------------------------------------------------------------------- the slow-upload flood
-def _flood(served, clients: int, mb: float, rate: float) -> dict:
+def _flood(served, clients: int, mb: float, rate: float, extra: list[str]) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     from serve_flood import measure
-    return measure(served, clients, mb, rate, [])
+    return measure(served, clients, mb, rate, extra)
 
 
 @pytest.mark.slow
 def test_300_slow_10mb_uploads_stay_under_1gb_above_idle(served):
     """The issue's flood: most uploads are refused unread (503) at the 64 MiB budget, the
-    admitted ones trickle in, memory stays bounded and ordinary requests go on."""
-    r = _flood(served, clients=300, mb=10, rate=1)
+    admitted ones trickle in until the body deadline (4 s here, to keep the suite short;
+    results/serve-flood-*.md has the whole 10 s), memory stays bounded and ordinary
+    requests go on."""
+    r = _flood(served, clients=300, mb=10, rate=1, extra=["--body-timeout-s", "4"])
     assert r["peak_above_idle_mb"] < 1024 and r["slow_status"].get("503", 0) >= 250
-    assert r["ordinary_requests"] >= 50 and r["ordinary_status"] == {"200": r["ordinary_requests"]}
+    assert r["slow_status"].get("408", 0) >= 1  # the admitted ones, cut at their deadline
+    assert r["ordinary_requests"] >= 30 and r["ordinary_status"] == {"200": r["ordinary_requests"]}
     assert r["ordinary_p99_ms"] < 2000  # within the request deadline
 
 
