@@ -137,10 +137,11 @@ class StopVote:
         return int(t.item())
 
     def close(self) -> None:
+        """The vote in flight settled. The group itself stays until the process group is
+        destroyed: tearing a gloo group down while the other rank may still be finishing its
+        side of the last vote aborted a process once ("terminate called without an active
+        exception")."""
         self.settle()
-        if self.group is not None:
-            dist.destroy_process_group(self.group)
-            self.group = None
 
 
 def shard_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, batch: int, dist: Dist) -> torch.Tensor:
