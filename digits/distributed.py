@@ -81,10 +81,6 @@ class Dist:
         dist.all_gather(out, local)
         return [o.cpu() for o in out]
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
     def only(self, here: bool, fn, what: str):
         """``fn()`` on the ranks where ``here`` (rank 0's writes, local rank 0's download), then
         every rank learns whether it worked: the agreement is the barrier. A rank that failed

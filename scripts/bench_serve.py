@@ -46,6 +46,15 @@ SERVE = [sys.executable, "-c", "from digits.cli import app; app()", "serve"]
 P99_LIMIT_MS = 50.0
 
 
+def write_run(out: Path, name: str, title: str, result: dict, text: str) -> None:
+    """``<out>/<name>-<date>.{json,md}``: ``result`` with its environment (date, CPU, the command
+    line that made it), and ``text`` under a title naming the machine; the Markdown is printed."""
+    env = {"date": now_iso(), "cpu": cpu_name(),
+           "command": " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *sys.argv[1:]])}
+    md = f"# {title}: {env['cpu']}, {env['date']}\n\n`{env['command']}`\n\n{text}"
+    print(atomic_write_result(out / f"{name}-{env['date'][:10]}", {"environment": env, **result}, md)[1].read_text())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

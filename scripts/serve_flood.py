@@ -22,13 +22,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import free_port, start  # noqa: E402
+from bench_serve import free_port, start, write_run  # noqa: E402
 from serve_memory import rss_mb  # noqa: E402
 
-from digits._io import atomic_write_result  # noqa: E402
-from digits.bench.environment import cpu_name  # noqa: E402
 from digits.bench.timing import percentile  # noqa: E402
-from digits.checkpoint import now_iso  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 64 * 1024
@@ -134,15 +131,12 @@ def main() -> None:
     ap.add_argument("--serve-args", default="", help="extra `digits serve` options, e.g. '--body-timeout-s 5'")
     args = ap.parse_args()
     r = measure(args.artifacts, args.clients, args.mb, args.rate_mb, args.serve_args.split())
-    env = {"date": now_iso(), "cpu": cpu_name(), "command": " ".join(["python scripts/serve_flood.py", *sys.argv[1:]])}
-    md = (f"# digits serve under a flood of slow uploads: {env['cpu']}, {env['date']}\n\n`{env['command']}`\n\n"
-          f"{r['clients']} clients at once, each a {r['body_mb']:g} MB body at {r['rate_mb_s']:g} MB/s: resident memory "
-          f"{r['idle_rss_mb']} MB idle, peak {r['peak_rss_mb']} MB (+{r['peak_above_idle_mb']} MB). The slow uploads got "
-          f"{r['slow_status']}. Meanwhile {r['ordinary_requests']} ordinary JSON requests: {r['ordinary_status']}, p50 "
-          f"{r['ordinary_p50_ms']:.1f} ms, p99 {r['ordinary_p99_ms']:.1f} ms, max {r['ordinary_max_ms']:.1f} ms.\n")
-    stem = args.out / f"serve-flood-{env['date'][:10]}"
-    print(atomic_write_result(stem, {"environment": env, **r}, md)[1].read_text())
-
+    write_run(args.out, "serve-flood", "digits serve under a flood of slow uploads", r,
+              f"{r['clients']} clients at once, each a {r['body_mb']:g} MB body at {r['rate_mb_s']:g} MB/s: resident "
+              f"memory {r['idle_rss_mb']} MB idle, peak {r['peak_rss_mb']} MB (+{r['peak_above_idle_mb']} MB). The slow "
+              f"uploads got {r['slow_status']}. Meanwhile {r['ordinary_requests']} ordinary JSON requests: "
+              f"{r['ordinary_status']}, p50 {r['ordinary_p50_ms']:.1f} ms, p99 {r['ordinary_p99_ms']:.1f} ms, max "
+              f"{r['ordinary_max_ms']:.1f} ms.\n")
 
 if __name__ == "__main__":
     main()

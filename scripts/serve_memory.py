@@ -24,11 +24,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import free_port, start, wait_ready  # noqa: E402
-
-from digits._io import atomic_write_result  # noqa: E402
-from digits.bench.environment import cpu_name  # noqa: E402
-from digits.checkpoint import now_iso  # noqa: E402
+from bench_serve import free_port, start, wait_ready, write_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,16 +116,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     args = ap.parse_args()
     r = measure(args.artifacts, args.clients, args.megapixels)
-    env = {"date": now_iso(), "cpu": cpu_name(), "command": "python scripts/serve_memory.py"}
-    md = (f"# digits serve memory under uploads: {env['cpu']}, {env['date']}\n\n"
-          f"{r['clients']} concurrent uploads of a {r['megapixels']:g}-MP JPEG ({r['jpeg_bytes'] / 1e6:.1f} MB): resident "
-          f"memory {r['idle_rss_mb']} MB idle, peak {r['peak_rss_mb']} MB (+{r['peak_above_idle_mb']} MB), "
-          f"{r['settled_rss_mb']} MB after; {r['answered']} answered in {r['seconds']} s, status codes "
-          f"{r['status_codes']} ({r['retried_after_503']} uploads refused 503 with Retry-After first: the body "
-          f"budget, and retried).\n")
-    stem = args.out / f"serve-memory-{env['date'][:10]}"
-    print(atomic_write_result(stem, {"environment": env, **r}, md)[1].read_text())
-
+    write_run(args.out, "serve-memory", "digits serve memory under uploads", r,
+              f"{r['clients']} concurrent uploads of a {r['megapixels']:g}-MP JPEG ({r['jpeg_bytes'] / 1e6:.1f} MB): "
+              f"resident memory {r['idle_rss_mb']} MB idle, peak {r['peak_rss_mb']} MB (+{r['peak_above_idle_mb']} MB), "
+              f"{r['settled_rss_mb']} MB after; {r['answered']} answered in {r['seconds']} s, status codes "
+              f"{r['status_codes']} ({r['retried_after_503']} uploads refused 503 with Retry-After first: the body "
+              f"budget, and retried).\n")
 
 if __name__ == "__main__":
     main()

@@ -97,12 +97,16 @@ def _query(scope) -> tuple[str, bool, float]:
     return q.get("model", "all"), single in ("true", "1", "yes", "on"), unsure
 
 
-async def _read(state, scope, receive, limit: int) -> bytes:
+def _kind(scope) -> str:
+    """The request's media type, without parameters: ``multipart/form-data``, ``application/json``..."""
+    return (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+
+
+async def _read(state, scope, receive, limit: int, kind: str) -> bytes:
     """The body under its limit and deadline (admission is the caller's ``admitted``)."""
     if (enc := header(scope, b"content-encoding")) not in (None, "identity"):
         raise ApiError(415, f"Compressed request bodies ({enc}) are not accepted; send them uncompressed.")
     rx = guarded(receive, limit, state.cfg.body_timeout_s)
-    kind = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
     return await (multipart_file(scope, rx) if kind == "multipart/form-data" else read_body(rx))
 
 
@@ -110,10 +114,11 @@ async def predict(state, scope, receive) -> tuple[int, bytes, list]:
     cfg = state.cfg
     model, single, unsure_below = _query(scope)
     state.check_model(model)  # before reading a body that would be wasted
-    kind = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    kind = _kind(scope)
     is_json = kind == "application/json"
-    async with admitted(scope, state.budget, cfg.max_json_bytes if is_json else cfg.max_body_bytes):
-        body = await _read(state, scope, receive, cfg.max_json_bytes if is_json else cfg.max_body_bytes)
+    limit = cfg.max_json_bytes if is_json else cfg.max_body_bytes
+    async with admitted(scope, state.budget, limit):
+        body = await _read(state, scope, receive, limit, kind)
         state.arriving += 1  # its body in hand: on its way to the queue (the batchers wait for it)
         try:
             if is_json:
@@ -189,7 +194,7 @@ async def v2_infer(state, scope, receive) -> tuple[int, bytes, list]:
         raise ApiError(404, f"Not a v2 inference path: {scope['path']}.")
     m = state.v2_model(name, version)
     async with admitted(scope, state.budget, cfg.max_body_bytes):
-        body = await _read(state, scope, receive, cfg.max_body_bytes)
+        body = await _read(state, scope, receive, cfg.max_body_bytes, _kind(scope))
         state.arriving += 1
         try:
             split = header(scope, b"inference-header-content-length")
