@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from digits.decode import ImageError
+from digits.ink import page_edge
 
 MAX_CANDIDATES = 1500  # components that pass the speck and line filters; a handwritten page has far fewer
 PAIR_CHUNK = 512  # rows of the pair comparison at a time: 512 x 1,500 booleans, not 1,500 x 1,500 floats
@@ -44,11 +45,13 @@ class Group:
         return self.x1 - self.x0
 
 
-def candidates(mask: np.ndarray, paper_border: bool = False) -> tuple[np.ndarray, np.ndarray, list[Group]]:
+def candidates(mask: np.ndarray, paper_border: bool = False,
+               light: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[Group]]:
     """Step 5: ``(labels, stats, groups)``: components that may be (part of) a digit, without
-    specks, line remnants and sparse nets, and without those touching the border (the table, a
-    shadow's edge) unless nothing else is left, or ``paper_border`` says the image's edge is
-    paper (a tight crop: what it cuts is the subject). Raises :class:`TooCluttered` past the cap."""
+    specks, line remnants, sparse nets and (given ``light``, the image with ink dark on light)
+    pieces of the page's edge, and without those touching the border (the table, a shadow's
+    edge) unless nothing else is left, or ``paper_border`` says the image's edge is paper (a
+    tight crop: what it cuts is the subject). Raises :class:`TooCluttered` past the cap."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     H, W = mask.shape
     x, y, w, h, area = (stats[1:, k].astype(np.int64) for k in range(5))
@@ -58,6 +61,9 @@ def candidates(mask: np.ndarray, paper_border: bool = False) -> tuple[np.ndarray
     for i in np.flatnonzero(sparse)[:50]:  # a sparse net (grid remnants) has many holes; a thin-pen digit, 0 to 2
         sparse[i] = _holes(labels, stats, i + 1) > 3
     keep &= ~sparse
+    if light is not None and not paper_border:  # a long thin mark with the table beside it: the page's edge
+        for i in np.flatnonzero(keep & (np.maximum(w, h) >= 3 * np.minimum(w, h)))[:50]:
+            keep[i] = not page_edge(light, int(x[i]), int(y[i]), int(w[i]), int(h[i]))
     idx = np.flatnonzero(keep)
     if len(idx) > MAX_CANDIDATES:
         raise TooCluttered(f"is too cluttered to find a digit in ({len(idx):,} separate marks, more than a photo of "

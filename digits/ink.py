@@ -4,7 +4,8 @@ Work at ``WORK_SIDE`` px (small images enlarged to ``MIN_WORK_SIDE``; a shrunk i
 widened first, so a 1-px pen line survives); polarity (ink dark on light); flatten the light
 by a closing wider than the pen; threshold each pixel against its own neighbourhood; drop
 long thin lines (ruling, the page edge) and faint hairlines away from the strokes (pencil
-guide lines), keep 1-2 px strokes whole.
+guide lines); with a thin pen, keep 1-2 px strokes whole, close the gaps the threshold left
+in them, and drop ruling seen at a tilt (as thin as the pen there).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 WORK_SIDE = 512  # px: plenty for a few handwritten digits, and a few ms per step
 MIN_WORK_SIDE = 256  # smaller images are enlarged to this; between the two they are worked at their own size
+TINY_SIDE = 64  # px: an image this small is a canvas at MNIST's scale (a drawing app's 28x28), never a photo
 
 
 def to_work(gray: np.ndarray, color: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, float]:
@@ -86,35 +88,112 @@ def _otsu(values: np.ndarray) -> float:
     return float(edges[1:][np.argmax(between)])
 
 
-def ink_mask(dark: np.ndarray) -> np.ndarray:
-    """Steps 3-4: the ink as a uint8 mask (255 = ink), without long lines."""
+def ink_mask(dark: np.ndarray, crop: bool = False) -> np.ndarray:
+    """Steps 3-4: the ink as a uint8 mask (255 = ink), without long lines. ``crop``: the image's
+    edge is paper (a tight crop), so a long thin mark may be the digit itself."""
     if dark.max() < 0.12:
         return np.zeros(dark.shape, np.uint8)
     mask = (dark > max(0.5 * _otsu(dark / dark.max()) * dark.max(), 0.18)).astype(np.uint8) * 255
-    thin = _thin_strokes(mask)
-    if not thin and mask.any():  # faint hairlines (pencil guide lines, ruling) away from the pen's strokes are not ink
-        core = cv2.dilate(cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)), np.ones((3, 3), np.uint8))
-        mask[(dark <= 0.45 * np.percentile(dark[mask > 0], 90)) & (core == 0)] = 0
     h, w = mask.shape
+    thin = _thin_strokes(mask)  # None: the pen's strokes are not 1-2 px here
+    # faint hairlines (pencil guide lines, ruling) away from the pen's strokes are not ink; with a
+    # thin pen, only where a mark runs across the page (a guide line): a thin, light digit stays
+    core = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    core = cv2.dilate(core if thin is None else core & ~thin, np.ones((3, 3), np.uint8))
+    faint = (dark <= 0.45 * np.percentile(dark[mask > 0], 90)) & (core == 0) if mask.any() else None
+    if faint is not None:
+        mask[faint if thin is None else faint & (_long_marks(mask, 0.3 * w, 0.3 * h) > 0)] = 0
     lines = _long_thin(cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (max(8, w // 4), 1))),
                        axis=1)
     lines |= _long_thin(cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(8, h // 4)))),
                         axis=0)
+    if thin is not None and not crop:  # ruling as thin as the pen, seen at a tilt
+        lines |= _tilted_lines(mask & thin)
     lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
     kept = cv2.subtract(mask, lines)
     # strokes a removed line crossed: close the gap it left (only where ink was)
     kept = cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((5, 3), np.uint8)) & mask
-    return kept if thin or _thin_strokes(kept) else cv2.morphologyEx(kept, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    # a 2x2 opening clears specks off ordinary strokes; 1-2 px strokes it would cut to pieces, so
+    # those are kept whole, and where the threshold broke one (the faint top of a thin 0) a 3x3
+    # closing joins it again: else two arcs, two "1"s
+    opened = cv2.morphologyEx(kept, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    if thin is None:
+        return opened
+    return np.maximum(opened, cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+                      & cv2.dilate(thin, np.ones((5, 5), np.uint8)))
 
 
-def _thin_strokes(mask: np.ndarray) -> bool:
-    """Whether the pen's strokes are 1-2 px here (a thin pen on a large photo, a mouse): then a
-    2x2 opening, which clears specks off ordinary strokes, would take most of the large marks'
-    ink (specks apart), and cut them to pieces."""
-    opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    large = (stats[:, 4] >= max(50, 0.0004 * mask.size))[labels] & (labels > 0)
-    return bool(np.count_nonzero(opened[large]) < 0.5 * np.count_nonzero(large))
+def _thin_strokes(mask: np.ndarray) -> np.ndarray | None:
+    """With a thin pen (on a large photo; a mouse), the marks drawn with a 1-2 px stroke, else
+    None. Such strokes a 3x3 erosion all but removes (a 3-px stroke keeps a third). The pen is
+    judged on the large marks clear of the border, as the table's thick edge around a page
+    says nothing of it; then each mark on its own, as thick ones (a blot) are no pen strokes."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    H, W = mask.shape
+    x, y, w, h, area = stats.T
+    survived = np.bincount(labels[cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0], minlength=n)
+    inner = (x > 1) & (y > 1) & (x + w < W - 1) & (y + h < H - 1)
+    large = (area >= max(50, 0.0004 * mask.size)) & (np.arange(n) > 0)
+    large &= inner if (large & inner).any() else large  # ruling that runs off the photo carries the digits with it
+    if not large.any() or survived[large].sum() >= 0.15 * area[large].sum():
+        return None
+    thin = (np.maximum(w, h) >= 0.02 * max(H, W)) & (survived < 0.15 * area)
+    thin[0] = False
+    return (thin[labels] * 255).astype(np.uint8)
+
+
+def _long_marks(mask: np.ndarray, min_w: float, min_h: float) -> np.ndarray:
+    """The pixels of components at least ``min_w`` wide or ``min_h`` tall."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    long_ = (stats[:, 2] >= min_w) | (stats[:, 3] >= min_h)
+    long_[0] = False
+    return (long_[labels] * 255).astype(np.uint8)
+
+
+def _tilted_lines(thin: np.ndarray) -> np.ndarray:
+    """Thin straight lines at any angle that span most of the image (ruling, a guide line, the
+    page's edge seen at a tilt), which the axis-aligned openings miss; at a thin pen's scale
+    they are as thin as the pen. A gap of a few px is bridged: such a line thresholds into
+    dashes. The transform is probabilistic and finds a line in part, or not at once: each one
+    found is drawn across the image, and the search repeats on what is left."""
+    h, w = thin.shape
+    out = np.zeros_like(thin)
+    left = thin.copy()
+    for _ in range(3):
+        if cv2.countNonZero(left) < 0.45 * min(h, w):
+            break
+        segs = cv2.HoughLinesP(left, 1, np.pi / 180, threshold=max(20, min(h, w) // 6),
+                               minLineLength=0.45 * min(h, w), maxLineGap=max(3, max(h, w) // 100))
+        drawn = 0
+        for x0, y0, x1, y1 in ([] if segs is None else segs.reshape(-1, 4).tolist()):
+            dx, dy = x1 - x0, y1 - y0
+            if abs(dx) >= abs(dy) and abs(dx) >= 0.45 * w:
+                cv2.line(out, (0, round(y0 - x0 * dy / dx)), (w - 1, round(y0 + (w - 1 - x0) * dy / dx)), 255, 3)
+            elif abs(dy) > abs(dx) and abs(dy) >= 0.45 * h:
+                cv2.line(out, (round(x0 - y0 * dx / dy), 0), (round(x0 + (h - 1 - y0) * dx / dy), h - 1), 255, 3)
+            else:
+                continue
+            drawn += 1
+        if not drawn:
+            break
+        left = cv2.subtract(thin, out)
+    return out & thin
+
+
+def page_edge(light: np.ndarray, x: int, y: int, w: int, h: int, off: int = 4) -> bool:
+    """Whether a long thin mark at box (x, y, w, h) divides paper from something much darker
+    (the table: the page's edge), from the median brightness ``off`` px to either side of it
+    across its length. A pen stroke has paper on both sides; a shadow's edge is soft, so a few
+    px apart it is nearly as bright."""
+    H, W = light.shape
+    if h >= w:
+        a = light[y:y + h, max(0, x - off)]
+        b = light[y:y + h, min(W - 1, x + w - 1 + off)]
+    else:
+        a = light[max(0, y - off), x:x + w]
+        b = light[min(H - 1, y + h - 1 + off), x:x + w]
+    sides = float(np.median(a)), float(np.median(b))
+    return min(sides) < 0.8 * max(sides)
 
 
 def _long_thin(runs: np.ndarray, axis: int) -> np.ndarray:

@@ -20,12 +20,14 @@ drawings (pen strokes, digits.strokes):
     open_6           a 6 whose loop is left open
     tiny_two_digit   a two-digit number drawn on a 28x28 canvas, the digits almost touching
 
-Every generator takes a seeded ``numpy`` Generator and returns ``(file bytes, label)``.
+Every generator takes a seeded ``numpy`` Generator (photo kinds first a :class:`Source` of MNIST
+digits) and returns ``(file bytes, label)``.
 """
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -38,9 +40,18 @@ from digits.synth import _ink_alpha, make_photo
 Made = tuple[bytes, str]
 
 
-def _pick(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, n: int) -> tuple[list, list]:
-    idx = rng.integers(0, len(images), n)
-    return [images[i] for i in idx], [int(labels[i]) for i in idx]
+class Source:
+    """MNIST digits to write with (``images`` float 0..1, ``labels``). ``last`` names the images
+    of the last photo made, so that a model's reading of the same digits as clean 28x28s can be
+    counted (:func:`originals_by_kind`); None when only their labels were used."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels, self.last = images, labels, None
+
+    def pick(self, rng: np.random.Generator, n: int, *, drawn: bool = True) -> tuple[list, list]:
+        idx = rng.integers(0, len(self.images), n)
+        self.last = [int(i) for i in idx] if drawn else None
+        return [self.images[i] for i in idx], [int(self.labels[i]) for i in idx]
 
 
 def _stroke_alpha(labels: list[int], width: tuple[int, int]) -> Callable:
@@ -55,14 +66,14 @@ def _stroke_alpha(labels: list[int], width: tuple[int, int]) -> Callable:
     return alpha
 
 
-def thin_pen_large(images, labels, rng) -> Made:
-    ds, ls = _pick(images, labels, rng, int(rng.integers(1, 4)))
+def thin_pen_large(src: Source, rng) -> Made:
+    ds, ls = src.pick(rng, int(rng.integers(1, 4)), drawn=False)  # pen strokes of these labels, not the images
     p = make_photo(ds, ls, rng, size=(1600, 1200), ink_alpha=_stroke_alpha(ls, (1, 4)), blur=(0.3, 0.7))
     return p.jpeg, p.label
 
 
-def marker_blurred(images, labels, rng) -> Made:
-    ds, ls = _pick(images, labels, rng, int(rng.integers(1, 3)))
+def marker_blurred(src: Source, rng) -> Made:
+    ds, ls = src.pick(rng, int(rng.integers(1, 3)))
 
     def marker(i, height, rng):
         a = _ink_alpha(ds[i], height, rng)
@@ -72,14 +83,14 @@ def marker_blurred(images, labels, rng) -> Made:
     return p.jpeg, p.label
 
 
-def pencil_guides(images, labels, rng) -> Made:
-    ds, ls = _pick(images, labels, rng, int(rng.integers(1, 4)))
+def pencil_guides(src: Source, rng) -> Made:
+    ds, ls = src.pick(rng, int(rng.integers(1, 4)))
     p = make_photo(ds, ls, rng, guides=int(rng.integers(1, 3)), paper="plain")
     return p.jpeg, p.label
 
 
-def cut_by_edge(images, labels, rng) -> Made:
-    ds, ls = _pick(images, labels, rng, 1)
+def cut_by_edge(src: Source, rng) -> Made:
+    ds, ls = src.pick(rng, 1)
     p = make_photo(ds, ls, rng)
     img = Image.open(io.BytesIO(p.jpeg))
     x0, y0, x1, y1 = p.boxes[0]
@@ -95,14 +106,14 @@ def cut_by_edge(images, labels, rng) -> Made:
     return buf.getvalue(), p.label
 
 
-def long_row(images, labels, rng) -> Made:
-    ds, ls = _pick(images, labels, rng, int(rng.integers(8, 13)))
+def long_row(src: Source, rng) -> Made:
+    ds, ls = src.pick(rng, int(rng.integers(8, 13)))
     p = make_photo(ds, ls, rng, size=(1600, 700), gap=(0.15, 0.45), shadow=1.0, paper="plain")
     return p.jpeg, p.label
 
 
-def exif_rotated(images, labels, rng) -> Made:
-    ds, ls = _pick(images, labels, rng, int(rng.integers(1, 4)))
+def exif_rotated(src: Source, rng) -> Made:
+    ds, ls = src.pick(rng, int(rng.integers(1, 4)))
     p = make_photo(ds, ls, rng)
     orientation = int(rng.choice([6, 8, 3]))
     turn = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}[orientation]
@@ -113,8 +124,8 @@ def exif_rotated(images, labels, rng) -> Made:
     return buf.getvalue(), p.label
 
 
-def scan_16bit(images, labels, rng) -> Made:
-    ds, ls = _pick(images, labels, rng, 1)
+def scan_16bit(src: Source, rng) -> Made:
+    ds, ls = src.pick(rng, 1)
     h = int(rng.integers(80, 260))
     a = _ink_alpha(ds[0], h, rng)
     page = np.full((int(h * rng.uniform(1.6, 3)), int(h * rng.uniform(1.6, 3))), rng.uniform(0.85, 0.97))
@@ -179,19 +190,19 @@ DRAWING_KINDS: dict[str, Callable] = {"page_style": page_style, "thin_mouse": th
 
 
 def make_set(kinds: dict[str, Callable], per_kind: int, seed: int, folder, images=None, labels=None) -> list[dict]:
-    """``per_kind`` files of each kind written into ``folder``: ``[{path, label, kind}]``. Photo
-    kinds need MNIST ``images`` (float 0..1) and ``labels`` to write with."""
-    from pathlib import Path
-
+    """``per_kind`` files of each kind written into ``folder``: ``[{path, label, kind, mnist}]``.
+    Photo kinds need MNIST ``images`` (float 0..1) and ``labels`` to write with; ``mnist`` lists
+    the indices of the images written (None for drawings and pen strokes)."""
     made = []
     for k, (name, make) in enumerate(kinds.items()):
         rng = np.random.default_rng([seed, k])
         for i in range(per_kind):
-            body, label = make(images, labels, rng) if name in PHOTO_KINDS else make(rng)
+            src = Source(images, labels)
+            body, label = make(src, rng) if name in PHOTO_KINDS else make(rng)
             ext = {b"\x89P": "png", b"\xff\xd8": "jpg"}[body[:2]]
             path = Path(folder) / f"{name}-{i:03d}.{ext}"
             path.write_bytes(body)
-            made.append({"path": path, "label": label, "kind": name})
+            made.append({"path": path, "label": label, "kind": name, "mnist": src.last})
     return made
 
 
@@ -213,4 +224,24 @@ def read_by_kind(made: list[dict], model: str, artifacts, *, single_digit_kinds=
             row = out.setdefault(m["kind"], [0, 0])
             row[0] += got == m["label"]
             row[1] += 1
+    return out
+
+
+def originals_by_kind(made: list[dict], model: str, artifacts, images_uint8: np.ndarray) -> dict[str, int]:
+    """``{kind: right}`` for the kinds written with MNIST images: the photos all of whose digits
+    ``model`` reads right as the clean 28x28 originals (``images_uint8``, the set the photos were
+    made from): what the classifier alone allows, to tell its misses from preprocessing's. Not
+    a strict bound: a digit redrawn through a photo can come out easier to read than its original."""
+    import torch
+
+    from digits.checkpoint import load_checkpoint
+    from digits.data import normalize
+
+    net, _ = load_checkpoint(Path(artifacts) / model, model)
+    with torch.inference_mode():
+        guess = net.eval()(normalize(images_uint8)).argmax(1).numpy()
+    out: dict[str, int] = {}
+    for m in made:
+        if m.get("mnist") is not None:
+            out[m["kind"]] = out.get(m["kind"], 0) + all(str(guess[i]) == d for i, d in zip(m["mnist"], m["label"], strict=True))
     return out

@@ -16,12 +16,16 @@ so a 1-px pen line survives):
 4. **lines**: long thin horizontal and vertical runs (ruling, graph paper, the margin line,
    the page edge) found by openings with kernels a quarter of the image long are removed,
    and strokes they crossed are closed again; faint hairlines away from the strokes (pencil
-   guide lines) are dropped; reddish pixels (a margin line) are not ink; 1-2 px strokes (a
-   thin pen on a large photo, a mouse) are kept whole, not opened into pieces;
+   guide lines) are dropped; reddish pixels (a margin line) are not ink. With a thin pen
+   (1-2 px strokes: a thin pen on a large photo, a mouse; judged on the marks clear of the
+   border, not the table's edge) strokes are kept whole, not opened into pieces, gaps the
+   threshold left in them are closed, and ruling at a tilt is found by a Hough transform;
 5. **candidates** (:mod:`digits.grouping`): connected components, without specks, line
-   remnants and nets; what touches the border (the table, a shadow's edge) only when nothing
-   else is left, unless the image's edge is paper (a tight crop: what it cuts is the
-   subject); more than ``digits.grouping.MAX_CANDIDATES`` is too cluttered to search;
+   remnants, nets and pieces of the page's edge (a long thin mark with the table on one
+   side); what touches the border (the table, a shadow's edge) only when nothing else is
+   left, unless the image's edge is paper (a tight crop, or a canvas of at most
+   ``digits.ink.TINY_SIDE`` px: what it cuts is the subject); more than
+   ``digits.grouping.MAX_CANDIDATES`` is too cluttered to search;
 6. **grouping** (:mod:`digits.grouping`): components stacked above each other with overlapping
    columns are one digit (the detached bar of a 5, the open top of a 4);
 7. **choice**: each group is scored by how much it looks like a handwritten digit (size in
@@ -29,12 +33,12 @@ so a 1-px pen line survives):
    groups of a similar height on the same line are the rest of a number, followed from
    neighbour to neighbour (a long row photographed at a tilt);
 8. **touching digits** (numbers only): a group wider than ``SPLIT_ASPECT`` times its height
-   may be several digits written touching. It stays one digit here, and ``splits`` offers
-   the other reading: as many digits as its width holds, each cut at the column with the
-   least ink near its expected place (the vertical projection, as classic OCR segments
-   touching characters). A wide 0 or 2 is one digit, so the choice is the model's, by
-   which reading it is surer of (recognition-based segmentation: ``Found.read`` in
-   digits.preprocess).
+   (``TINY_SPLIT_ASPECT`` on a tiny canvas) may be several digits written touching. It stays
+   one digit here, and ``splits`` offers the other reading: as many digits as its width
+   holds, each cut at the column with the least ink near its expected place (the vertical
+   projection, as classic OCR segments touching characters). A wide 0 or 2 is one digit,
+   so the choice is the model's, by which reading it is surer of (recognition-based
+   segmentation: ``Found.read`` in digits.preprocess).
 
 The whole search has a deadline (``locate(deadline=...)``): past it, :class:`TooSlow`.
 """
@@ -49,9 +53,10 @@ import numpy as np
 
 from digits.decode import ImageError
 from digits.grouping import Group, candidates, group, group_darkness, mean_darkness
-from digits.ink import ink_darkness, ink_mask, paper_border as edge_is_paper, stroke_width, to_work
+from digits.ink import TINY_SIDE, ink_darkness, ink_mask, paper_border as edge_is_paper, stroke_width, to_work
 
 SPLIT_ASPECT = 1.15  # width / height above which a group of a number may be several touching digits
+TINY_SPLIT_ASPECT = 0.95  # ...on a tiny canvas, where a digit is drawn to fill the height (digits.preprocess._split_wins)
 DIGIT_ASPECT = 0.75  # a handwritten digit's typical width / height, to count the digits in a wide group
 
 
@@ -72,6 +77,7 @@ class Located:
     steps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # for the mosaic: uint8 images
     # the index of a digit that may be touching digits -> [(box, ink)] of each, left to right
     splits: dict[int, list[tuple[tuple[int, int, int, int], np.ndarray]]] = field(default_factory=dict, repr=False)
+    shape: tuple[int, int] = (0, 0)  # the input's height and width
 
 
 def _score(g: Group, shape: tuple[int, int], darkness: float) -> float:
@@ -116,13 +122,19 @@ def _line_of(best: Group, groups: list[Group]) -> list[Group]:
 
 
 def _pieces(g: Group, labels: np.ndarray) -> list[Group]:
-    """Step 8: a wide group cut into the digits its width holds, where the vertical ink profile is thinnest."""
+    """Step 8: a wide group cut into the digits its width holds, each cut at the column with
+    the least ink near its expected place; a column away from it pays for the distance (a cut
+    through a 0's hole crosses as little ink as one between two 0s)."""
     own = np.isin(labels[g.y0:g.y1, g.x0:g.x1], g.labels)
     n = max(2, round(g.w / (DIGIT_ASPECT * g.h)))
     profile = np.convolve(own.sum(0), np.ones(3) / 3, mode="same")
     step = g.w / n
-    cuts = [0] + [int(k * step - 0.35 * step) + int(np.argmin(profile[int(k * step - 0.35 * step):int(k * step + 0.35 * step)]))
-                  for k in range(1, n)] + [g.w]
+    per_px = 0.5 * float(np.median(profile[profile > 0])) / max(0.35 * step, 1.0)  # half a column's ink at the window's edge
+    cuts = [0]
+    for k in range(1, n):
+        c = np.arange(int(k * step - 0.35 * step), min(int(k * step + 0.35 * step) + 1, g.w))
+        cuts.append(int(c[np.argmin(profile[c] + per_px * np.abs(c - k * step))]))
+    cuts.append(g.w)
     out = []
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         rows = np.flatnonzero(own[:, a:b].any(1))
@@ -147,14 +159,14 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     best_try = None
     light = g if np.median(g) >= 0.4 else 1 - g  # ink dark on light
     width = stroke_width(light)
-    paper_border = edge_is_paper(light)
+    paper_border = max(H0, W0) <= TINY_SIDE or edge_is_paper(light)  # a tiny canvas has no table around it
     closing = (side // 12) | 1 if width is None else int(np.clip(4 * width, 9, side // 6)) | 1
     # a tight crop's digit may be a fifth of the image wide: a closing as wide as a third follows it
     for k in sorted({closing, side // 24, side // 12, side // 6} | ({side // 3} if paper_border else set())):
         _check(deadline)
         dark = ink_darkness(g, c, k=k)
-        mask = ink_mask(dark)
-        labels, stats, cands = candidates(mask, paper_border)
+        mask = ink_mask(dark, crop=paper_border)
+        labels, stats, cands = candidates(mask, paper_border, light)
         groups = group(cands)
         per_label = mean_darkness(dark, labels, len(stats))
         scored = [(_score(gr, mask.shape, group_darkness(gr, per_label)), gr) for gr in groups]
@@ -165,7 +177,7 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     _, best, dark, mask, labels, groups = best_try
     steps = {"flattened": (255 * (1 - dark)).astype(np.uint8), "mask": mask}
     if best is None:
-        return Located([], [], steps)
+        return Located([], [], steps, shape=(H0, W0))
     chosen = [best] if single else _line_of(best, groups)
 
     def cut(gr: Group) -> tuple[tuple[int, int, int, int], np.ndarray]:
@@ -174,10 +186,11 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
         return ((int(gr.x0 / scale), int(gr.y0 / scale), min(W0, int(np.ceil(gr.x1 / scale))),
                  min(H0, int(np.ceil(gr.y1 / scale)))), np.where(own, dark[gr.y0:gr.y1, gr.x0:gr.x1], 0).astype(np.float32))
     boxes, inks = (list(t) for t in zip(*map(cut, chosen), strict=True))
+    split_aspect = TINY_SPLIT_ASPECT if max(H0, W0) <= TINY_SIDE else SPLIT_ASPECT
     splits = {} if single else {i: [cut(p) for p in pieces] for i, gr in enumerate(chosen)
-                                if gr.w > SPLIT_ASPECT * gr.h and (pieces := _pieces(gr, labels))}
+                                if gr.w > split_aspect * gr.h and (pieces := _pieces(gr, labels))}
     chosen_img = cv2.cvtColor(steps["flattened"], cv2.COLOR_GRAY2BGR)
     for gr in chosen:
         cv2.rectangle(chosen_img, (gr.x0, gr.y0), (gr.x1, gr.y1), (0, 0, 255), 2)
     steps["chosen"] = chosen_img
-    return Located(boxes, inks, steps, splits)
+    return Located(boxes, inks, steps, splits, (H0, W0))

@@ -17,10 +17,12 @@ from PIL import Image
 
 from digits.data import MEAN, STD
 from digits.decode import TIME_BUDGET_S, ImageError, TooLarge, Unsupported, load_gray, load_image  # noqa: F401 (their old home)
+from digits.ink import TINY_SIDE
 from digits.locate import Located, locate
 
 TARGET_STROKE = 0.13  # MNIST stroke width / box side (about 2.6 px of 20)
 SURE_WHOLE = float(np.log(0.9))  # a wide digit read whole at least this surely stays one digit
+TINY_LEGIBLE = float(np.log(0.5))  # pieces of a wide group on a tiny canvas at least this sure are its digits
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -58,6 +60,7 @@ class Found:
 
     digits: list[tuple[Box | None, np.ndarray]]
     splits: dict[int, list[tuple[Box, np.ndarray]]] = field(default_factory=dict)
+    tiny: bool = False  # the image is a canvas at MNIST's scale (see _split_wins)
 
     def images(self) -> list[np.ndarray]:
         return [img for _, img in self.digits] + [img for i in sorted(self.splits) for _, img in self.splits[i]]
@@ -77,7 +80,7 @@ class Found:
             pieces = self.splits.get(i, [])
             span = slice(at, at + len(pieces))
             at += len(pieces)
-            if pieces and top[i] < SURE_WHOLE and top[span].mean() > top[i]:
+            if pieces and _split_wins(top[i], top[span].mean(), box, self.tiny and len(self.digits) == 1):
                 boxes += [b for b, _ in pieces]
                 rows += list(logits[span])
                 imgs += [im for _, im in pieces]
@@ -88,6 +91,18 @@ class Found:
         return boxes, np.stack(rows), imgs
 
 
+def _split_wins(whole: float, pieces: float, box: Box | None, tiny: bool) -> bool:
+    """Whether a wide group reads as touching digits (``whole``: the log top probability of the
+    group read as one digit; ``pieces``: the mean of its pieces'). When all of a ``tiny``
+    canvas's ink (MNIST's scale, at most ``TINY_SIDE`` px) is that group, where one digit would
+    have been drawn to fill the height, ink wider than tall is two digits whenever they are
+    legible. Elsewhere a sure whole reading stays (a wide 4 on a photo, a round 6 beside an 8
+    on a tiny canvas), else the surer reading wins."""
+    if tiny and box is not None and box[2] - box[0] >= box[3] - box[1]:
+        return pieces > TINY_LEGIBLE
+    return whole < SURE_WHOLE and pieces > whole
+
+
 def found_in(digits: list[tuple[Box, np.ndarray]], located: Located) -> Found:
     splits = {}
     for i, pieces in located.splits.items():
@@ -95,7 +110,7 @@ def found_in(digits: list[tuple[Box, np.ndarray]], located: Located) -> Found:
             splits[i] = [(box, to_mnist(ink)) for box, ink in pieces]
         except ImageError:  # a piece with hardly any ink: not a reading worth offering
             continue
-    return Found(list(digits), splits)
+    return Found(list(digits), splits, max(located.shape) <= TINY_SIDE)
 
 
 def to_mnist(ink: np.ndarray) -> np.ndarray:
