@@ -95,14 +95,17 @@ def ink_mask(dark: np.ndarray, crop: bool = False) -> np.ndarray:
         return np.zeros(dark.shape, np.uint8)
     mask = (dark > max(0.5 * _otsu(dark / dark.max()) * dark.max(), 0.18)).astype(np.uint8) * 255
     h, w = mask.shape
-    thin = _thin_strokes(mask)  # None: the pen's strokes are not 1-2 px here
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    thin = _thin_strokes(mask, labels, stats)  # None: the pen's strokes are not 1-2 px here
     # faint hairlines (pencil guide lines, ruling) away from the pen's strokes are not ink; with a
     # thin pen, only where a mark runs across the page (a guide line): a thin, light digit stays
     core = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     core = cv2.dilate(core if thin is None else core & ~thin, np.ones((3, 3), np.uint8))
     faint = (dark <= 0.45 * np.percentile(dark[mask > 0], 90)) & (core == 0) if mask.any() else None
     if faint is not None:
-        mask[faint if thin is None else faint & (_long_marks(mask, 0.3 * w, 0.3 * h) > 0)] = 0
+        long_marks = (stats[:, 2] >= 0.3 * w) | (stats[:, 3] >= 0.3 * h)
+        long_marks[0] = False
+        mask[faint if thin is None else faint & long_marks[labels]] = 0
     lines = _long_thin(cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (max(8, w // 4), 1))),
                        axis=1)
     lines |= _long_thin(cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(8, h // 4)))),
@@ -123,12 +126,13 @@ def ink_mask(dark: np.ndarray, crop: bool = False) -> np.ndarray:
                       & cv2.dilate(thin, np.ones((5, 5), np.uint8)))
 
 
-def _thin_strokes(mask: np.ndarray) -> np.ndarray | None:
+def _thin_strokes(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> np.ndarray | None:
     """With a thin pen (on a large photo; a mouse), the marks drawn with a 1-2 px stroke, else
     None. Such strokes a 3x3 erosion all but removes (a 3-px stroke keeps a third). The pen is
     judged on the large marks clear of the border, as the table's thick edge around a page
-    says nothing of it; then each mark on its own, as thick ones (a blot) are no pen strokes."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    says nothing of it; then each mark on its own, as thick ones (a blot) are no pen strokes.
+    ``labels``, ``stats``: the mask's 8-connected components (cv2.connectedComponentsWithStats)."""
+    n = len(stats)
     H, W = mask.shape
     x, y, w, h, area = stats.T
     survived = np.bincount(labels[cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0], minlength=n)
@@ -140,14 +144,6 @@ def _thin_strokes(mask: np.ndarray) -> np.ndarray | None:
     thin = (np.maximum(w, h) >= 0.02 * max(H, W)) & (survived < 0.15 * area)
     thin[0] = False
     return (thin[labels] * 255).astype(np.uint8)
-
-
-def _long_marks(mask: np.ndarray, min_w: float, min_h: float) -> np.ndarray:
-    """The pixels of components at least ``min_w`` wide or ``min_h`` tall."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    long_ = (stats[:, 2] >= min_w) | (stats[:, 3] >= min_h)
-    long_[0] = False
-    return (long_[labels] * 255).astype(np.uint8)
 
 
 def _tilted_lines(thin: np.ndarray) -> np.ndarray:

@@ -77,7 +77,7 @@ class Located:
     steps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # for the mosaic: uint8 images
     # the index of a digit that may be touching digits -> [(box, ink)] of each, left to right
     splits: dict[int, list[tuple[tuple[int, int, int, int], np.ndarray]]] = field(default_factory=dict, repr=False)
-    shape: tuple[int, int] = (0, 0)  # the input's height and width
+    tiny: bool = False  # the input is a canvas of at most digits.ink.TINY_SIDE px (MNIST's scale)
 
 
 def _score(g: Group, shape: tuple[int, int], darkness: float) -> float:
@@ -159,7 +159,8 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     best_try = None
     light = g if np.median(g) >= 0.4 else 1 - g  # ink dark on light
     width = stroke_width(light)
-    paper_border = max(H0, W0) <= TINY_SIDE or edge_is_paper(light)  # a tiny canvas has no table around it
+    tiny = max(H0, W0) <= TINY_SIDE
+    paper_border = tiny or edge_is_paper(light)  # a tiny canvas has no table around it
     closing = (side // 12) | 1 if width is None else int(np.clip(4 * width, 9, side // 6)) | 1
     # a tight crop's digit may be a fifth of the image wide: a closing as wide as a third follows it
     for k in sorted({closing, side // 24, side // 12, side // 6} | ({side // 3} if paper_border else set())):
@@ -177,7 +178,7 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     _, best, dark, mask, labels, groups = best_try
     steps = {"flattened": (255 * (1 - dark)).astype(np.uint8), "mask": mask}
     if best is None:
-        return Located([], [], steps, shape=(H0, W0))
+        return Located([], [], steps, tiny=tiny)
     chosen = [best] if single else _line_of(best, groups)
 
     def cut(gr: Group) -> tuple[tuple[int, int, int, int], np.ndarray]:
@@ -186,11 +187,11 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
         return ((int(gr.x0 / scale), int(gr.y0 / scale), min(W0, int(np.ceil(gr.x1 / scale))),
                  min(H0, int(np.ceil(gr.y1 / scale)))), np.where(own, dark[gr.y0:gr.y1, gr.x0:gr.x1], 0).astype(np.float32))
     boxes, inks = (list(t) for t in zip(*map(cut, chosen), strict=True))
-    split_aspect = TINY_SPLIT_ASPECT if max(H0, W0) <= TINY_SIDE else SPLIT_ASPECT
+    split_aspect = TINY_SPLIT_ASPECT if tiny else SPLIT_ASPECT
     splits = {} if single else {i: [cut(p) for p in pieces] for i, gr in enumerate(chosen)
                                 if gr.w > split_aspect * gr.h and (pieces := _pieces(gr, labels))}
     chosen_img = cv2.cvtColor(steps["flattened"], cv2.COLOR_GRAY2BGR)
     for gr in chosen:
         cv2.rectangle(chosen_img, (gr.x0, gr.y0), (gr.x1, gr.y1), (0, 0, 255), 2)
     steps["chosen"] = chosen_img
-    return Located(boxes, inks, steps, splits, (H0, W0))
+    return Located(boxes, inks, steps, splits, tiny)

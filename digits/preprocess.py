@@ -17,7 +17,6 @@ from PIL import Image
 
 from digits.data import MEAN, STD
 from digits.decode import TIME_BUDGET_S, ImageError, TooLarge, Unsupported, load_gray, load_image  # noqa: F401 (their old home)
-from digits.ink import TINY_SIDE
 from digits.locate import Located, locate
 
 TARGET_STROKE = 0.13  # MNIST stroke width / box side (about 2.6 px of 20)
@@ -94,9 +93,9 @@ class Found:
 def _split_wins(whole: float, pieces: float, box: Box | None, tiny: bool) -> bool:
     """Whether a wide group reads as touching digits (``whole``: the log top probability of the
     group read as one digit; ``pieces``: the mean of its pieces'). When all of a ``tiny``
-    canvas's ink (MNIST's scale, at most ``TINY_SIDE`` px) is that group, where one digit would
-    have been drawn to fill the height, ink wider than tall is two digits whenever they are
-    legible. Elsewhere a sure whole reading stays (a wide 4 on a photo, a round 6 beside an 8
+    canvas's ink (MNIST's scale, at most ``digits.ink.TINY_SIDE`` px) is that group, where one
+    digit would have been drawn to fill the height, ink wider than tall is two digits whenever
+    they are legible. Elsewhere a sure whole reading stays (a wide 4 on a photo, a round 6 beside an 8
     on a tiny canvas), else the surer reading wins."""
     if tiny and box is not None and box[2] - box[0] >= box[3] - box[1]:
         return pieces > TINY_LEGIBLE
@@ -110,7 +109,7 @@ def found_in(digits: list[tuple[Box, np.ndarray]], located: Located) -> Found:
             splits[i] = [(box, to_mnist(ink)) for box, ink in pieces]
         except ImageError:  # a piece with hardly any ink: not a reading worth offering
             continue
-    return Found(list(digits), splits, max(located.shape) <= TINY_SIDE)
+    return Found(list(digits), splits, located.tiny)
 
 
 def to_mnist(ink: np.ndarray) -> np.ndarray:

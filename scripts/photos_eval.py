@@ -51,8 +51,8 @@ def main() -> None:
     ap.add_argument("--kinds-seed", type=int, default=3)
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
-    touching = touching_numbers(args.source, args.touching, args.touching_seed, Path(tmp.name))
     arrays = read_arrays(raw_dir(args.source))
+    touching = touching_numbers(arrays, args.touching, args.touching_seed, Path(tmp.name))
     kinds_dir = Path(tmp.name) / "kinds"
     kinds_dir.mkdir()
     kind_set = make_set(PHOTO_KINDS, args.per_kind, args.kinds_seed, kinds_dir, arrays.test_images.astype(np.float32) / 255,
@@ -114,8 +114,7 @@ def main() -> None:
     atomic_write(stem.with_suffix(".md"), f"# Photo set, {env['date'][:10]}, {env['cpu']}\n\n" + "\n".join(md) + "\n")
 
 
-def touching_numbers(source: Path, n: int, seed: int, folder: Path) -> list[dict]:
-    arrays = read_arrays(raw_dir(source))
+def touching_numbers(arrays, n: int, seed: int, folder: Path) -> list[dict]:
     images, labels = arrays.test_images.astype(np.float32) / 255, arrays.test_labels
     rng = np.random.default_rng(seed)
     made = []
