@@ -3,9 +3,9 @@
 Work at ``WORK_SIDE`` px (small images enlarged to ``MIN_WORK_SIDE``; a shrunk image's ink
 widened first, so a 1-px pen line survives); polarity (ink dark on light); flatten the light
 by a closing wider than the pen; threshold each pixel against its own neighbourhood; drop
-long thin lines (ruling, the page edge) and faint hairlines away from the strokes (pencil
-guide lines); with a thin pen, keep 1-2 px strokes whole, close the gaps the threshold left
-in them, and drop ruling seen at a tilt (as thin as the pen there).
+long thin lines (ruling, the page edge: :mod:`digits.ruling`) and faint hairlines away from
+the strokes (pencil guide lines); with a thin pen, keep 1-2 px strokes whole, close the gaps
+the threshold left in them, and drop ruling seen at a tilt (as thin as the pen there).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import math
 
 import cv2
 import numpy as np
+
+from digits.ruling import crossings, ruled_lines
 
 WORK_SIDE = 512  # px: plenty for a few handwritten digits, and a few ms per step
 MIN_WORK_SIDE = 256  # smaller images are enlarged to this; between the two they are worked at their own size
@@ -106,14 +108,12 @@ def ink_mask(dark: np.ndarray, crop: bool = False) -> np.ndarray:
         long_marks = (stats[:, 2] >= 0.3 * w) | (stats[:, 3] >= 0.3 * h)
         long_marks[0] = False
         mask[faint if thin is None else faint & long_marks[labels]] = 0
-    lines = _long_thin(cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (max(8, w // 4), 1))),
-                       axis=1)
-    lines |= _long_thin(cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(8, h // 4)))),
-                        axis=0)
-    if thin is not None and not crop:  # ruling as thin as the pen, seen at a tilt
-        lines |= _tilted_lines(mask & thin)
+    lines, dashed = ruled_lines(mask, thin, crop, dark)
     lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
     kept = cv2.subtract(mask, lines)
+    if dashed is not None:  # dashed ruling (a thin pen's): its exact pixels, and back where it crossed a stroke
+        kept = cv2.subtract(kept, dashed)
+        kept |= crossings(mask, kept) & dashed
     # strokes a removed line crossed: close the gap it left (only where ink was)
     kept = cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((5, 3), np.uint8)) & mask
     # a 2x2 opening clears specks off ordinary strokes; 1-2 px strokes it would cut to pieces, so
@@ -146,36 +146,6 @@ def _thin_strokes(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> np
     return (thin[labels] * 255).astype(np.uint8)
 
 
-def _tilted_lines(thin: np.ndarray) -> np.ndarray:
-    """Thin straight lines at any angle that span most of the image (ruling, a guide line, the
-    page's edge seen at a tilt), which the axis-aligned openings miss; at a thin pen's scale
-    they are as thin as the pen. A gap of a few px is bridged: such a line thresholds into
-    dashes. The transform is probabilistic and finds a line in part, or not at once: each one
-    found is drawn across the image, and the search repeats on what is left."""
-    h, w = thin.shape
-    out = np.zeros_like(thin)
-    left = thin.copy()
-    for _ in range(3):
-        if cv2.countNonZero(left) < 0.45 * min(h, w):
-            break
-        segs = cv2.HoughLinesP(left, 1, np.pi / 180, threshold=max(20, min(h, w) // 6),
-                               minLineLength=0.45 * min(h, w), maxLineGap=max(3, max(h, w) // 100))
-        drawn = 0
-        for x0, y0, x1, y1 in ([] if segs is None else segs.reshape(-1, 4).tolist()):
-            dx, dy = x1 - x0, y1 - y0
-            if abs(dx) >= abs(dy) and abs(dx) >= 0.45 * w:
-                cv2.line(out, (0, round(y0 - x0 * dy / dx)), (w - 1, round(y0 + (w - 1 - x0) * dy / dx)), 255, 3)
-            elif abs(dy) > abs(dx) and abs(dy) >= 0.45 * h:
-                cv2.line(out, (round(x0 - y0 * dx / dy), 0), (round(x0 + (h - 1 - y0) * dx / dy), h - 1), 255, 3)
-            else:
-                continue
-            drawn += 1
-        if not drawn:
-            break
-        left = cv2.subtract(thin, out)
-    return out & thin
-
-
 def page_edge(light: np.ndarray, x: int, y: int, w: int, h: int, off: int = 4) -> bool:
     """Whether a long thin mark at box (x, y, w, h) divides paper from something much darker
     (the table: the page's edge), from the median brightness ``off`` px to either side of it
@@ -190,23 +160,6 @@ def page_edge(light: np.ndarray, x: int, y: int, w: int, h: int, off: int = 4) -
         b = light[min(H - 1, y + h - 1 + off), x:x + w]
     sides = float(np.median(a)), float(np.median(b))
     return min(sides) < 0.8 * max(sides)
-
-
-def _long_thin(runs: np.ndarray, axis: int) -> np.ndarray:
-    """Of the straight runs an opening found, those that are lines: spanning most of the image
-    along ``axis`` (1: horizontal) and thin. A digit's stroke is shorter, or (a drawing that
-    fills its canvas) much thicker than a pen's ruling."""
-    if not cv2.countNonZero(runs):  # most drawings: no long straight run at all
-        return runs
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
-    H, W = runs.shape
-    keep = np.zeros(n, bool)
-    for i in range(1, n):
-        x, y, w, h, area = stats[i]
-        length = w if axis == 1 else h
-        if length >= 0.45 * (W if axis == 1 else H) and area / max(length, 1) <= max(4.0, 0.012 * max(H, W)):
-            keep[i] = True
-    return (keep[labels] * 255).astype(np.uint8)
 
 
 def paper_border(light: np.ndarray) -> bool:

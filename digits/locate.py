@@ -19,7 +19,8 @@ so a 1-px pen line survives):
    guide lines) are dropped; reddish pixels (a margin line) are not ink. With a thin pen
    (1-2 px strokes: a thin pen on a large photo, a mouse; judged on the marks clear of the
    border, not the table's edge) strokes are kept whole, not opened into pieces, gaps the
-   threshold left in them are closed, and ruling at a tilt is found by a Hough transform;
+   threshold left in them are closed, and ruling at a tilt is found by a Hough transform,
+   or, broken into dashes, by projection along small tilts (:mod:`digits.ruling`);
 5. **candidates** (:mod:`digits.grouping`): connected components, without specks, line
    remnants, nets and pieces of the page's edge (a long thin mark with the table on one
    side); what touches the border (the table, a shadow's edge) only when nothing else is
