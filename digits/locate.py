@@ -34,7 +34,9 @@ so a 1-px pen line survives):
    groups of a similar height on the same line are the rest of a number, followed from
    neighbour to neighbour (a long row photographed at a tilt);
 8. **touching digits** (numbers only): a group wider than ``SPLIT_ASPECT`` times its height
-   (``TINY_SPLIT_ASPECT`` on a tiny canvas) may be several digits written touching. It stays
+   (``TINY_SPLIT_ASPECT`` on a tiny canvas) may be several digits written touching; in a
+   row beside two or more others, only if it is also ``LINE_SPLIT`` times as wide as their
+   median (a wide 3 among digits as wide is one digit, not "23"). It stays
    one digit here, and ``splits`` offers the other reading: as many digits as its width
    holds, each cut at the column with the least ink near its expected place (the vertical
    projection, as classic OCR segments touching characters). A wide 0 or 2 is one digit,
@@ -58,6 +60,7 @@ from digits.ink import TINY_SIDE, ink_darkness, ink_mask, paper_border as edge_i
 
 SPLIT_ASPECT = 1.15  # width / height above which a group of a number may be several touching digits
 TINY_SPLIT_ASPECT = 0.95  # ...on a tiny canvas, where a digit is drawn to fill the height (digits.preprocess._split_wins)
+LINE_SPLIT = 1.4  # ...and, beside two or more other digits, at least this many times their median width
 DIGIT_ASPECT = 0.75  # a handwritten digit's typical width / height, to count the digits in a wide group
 
 
@@ -189,8 +192,13 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
                  min(H0, int(np.ceil(gr.y1 / scale)))), np.where(own, dark[gr.y0:gr.y1, gr.x0:gr.x1], 0).astype(np.float32))
     boxes, inks = (list(t) for t in zip(*map(cut, chosen), strict=True))
     split_aspect = TINY_SPLIT_ASPECT if tiny else SPLIT_ASPECT
+    widths = [gr.w for gr in chosen]
+
+    def as_wide_as_two(i: int) -> bool:  # in a row, a digit as wide as its neighbours is one (a wide 3, a 0)
+        others = widths[:i] + widths[i + 1:]
+        return len(others) < 2 or widths[i] >= LINE_SPLIT * float(np.median(others))
     splits = {} if single else {i: [cut(p) for p in pieces] for i, gr in enumerate(chosen)
-                                if gr.w > split_aspect * gr.h and (pieces := _pieces(gr, labels))}
+                                if gr.w > split_aspect * gr.h and as_wide_as_two(i) and (pieces := _pieces(gr, labels))}
     chosen_img = cv2.cvtColor(steps["flattened"], cv2.COLOR_GRAY2BGR)
     for gr in chosen:
         cv2.rectangle(chosen_img, (gr.x0, gr.y0), (gr.x1, gr.y1), (0, 0, 255), 2)

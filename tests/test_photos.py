@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -178,6 +179,23 @@ def test_touching_digits_are_offered_as_a_second_reading():
         good += len(pieces) == 2 and all(_iou(a, b) >= 0.5 for a, b in zip(pieces, photo.boxes, strict=True))
     assert offered >= 8 and good >= 0.7 * offered, (offered, good)
     assert not locate(gray, rgb, single=True).splits  # one digit asked for: no second reading
+
+
+def test_in_a_row_a_digit_as_wide_as_its_neighbours_is_not_offered_cut():
+    """Step 8 in a row: a wide group beside two or more others is offered cut only when it is
+    LINE_SPLIT times as wide as their median (a wide 3 among wide digits was read "23")."""
+    def row(widths: list[int]) -> dict:
+        img = np.full((300, 900), 0.95, np.float32)
+        x = 60
+        for w in widths:  # 0s 60 px tall, 4 px pen, 30 px apart
+            cv2.ellipse(img, (x + w // 2, 150), (w // 2 - 2, 28), 0, 0, 360, 0.1, 4)
+            x += w + 30
+        found = locate(img)
+        assert len(found.boxes) == len(widths)
+        return found.splits
+    assert not row([76, 76, 76, 76])  # each 1.27 as wide as tall: once all four were offered cut
+    assert list(row([50, 50, 110, 50])) == [2]  # two 0s run together among single ones
+    assert list(row([76, 76])) == [0, 1]  # one neighbour only: no row to compare with, the aspect rule
 
 
 def test_the_model_chooses_between_one_wide_digit_and_touching_digits():
