@@ -6,7 +6,12 @@ and under DDP every rank draws the same numbers for the global batch):
 - a small affine warp: rotation +-10 deg, scale 0.9-1.1, shift +-2 px, slant (shear) +-0.2;
 - an elastic distortion: a random 4x4 displacement field, upsampled bilinearly, up to 1.5 px;
 - stroke thickness: a quarter of the images dilated (a felt tip), a quarter thinned (a fine pen);
-- blur: 40% of the images softened by a 3x3 Gaussian (an out-of-focus photo), by a random amount.
+- blur: 40% of the images softened by a 3x3 Gaussian (an out-of-focus photo), by a random amount;
+- the continental 1 (recipes of the CNNs; given the labels): half the 1s gain a flag (a short stroke down-left from
+  the top), half of those a base serif too, drawn before the warp so they slant with the 1.
+  MNIST's American writers hardly wrote either; people elsewhere write both, and the models
+  read such a 1 as a 2 or a 7. Not for the MLP: without the CNNs' shift tolerance it learns
+  9s as flagged 1s (MNIST test 99.00 -> 98.78-98.88%, nine 9s read as 1s).
 
 All of it is one packed tensor of parameters per image (:func:`draw`), so the CUDA-graph
 step (digits.train_step) copies a single static buffer, and :func:`apply` is pure tensor ops.
@@ -24,14 +29,19 @@ from digits.data import MEAN, STD
 BACKGROUND = -MEAN / STD  # a black pixel after normalization
 FIELD = 4  # the elastic field's coarse grid, per side
 ELASTIC_PX = 1.5  # its largest displacement
-PARAMS = 6 + 2 * FIELD * FIELD + 2  # theta, the field, thickness, blur
+THICK = 6 + 2 * FIELD * FIELD  # packed: theta (6), the field, then one number each:
+BLUR, STYLE, FLAG, BASE = THICK + 1, THICK + 2, THICK + 3, THICK + 4  # blur; a 1's style, flag length, base width
+PARAMS = BASE + 1
 _GAUSS = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
 
 
-def draw(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Every random parameter of ``n`` images' augmentation, packed [n, PARAMS]."""
-    u = torch.rand(n, PARAMS - 6, generator=gen) * 2 - 1
-    return torch.cat([random_theta(n, gen), u], 1)
+def draw(n: int, gen: torch.Generator, continental: bool = False) -> torch.Tensor:
+    """Every random parameter of ``n`` images' augmentation, packed [n, PARAMS]; the 1s'
+    style only with ``continental`` (else drawn not at all: the same numbers as before it)."""
+    u = torch.rand(n, STYLE - 6, generator=gen) * 2 - 1
+    theta = random_theta(n, gen)
+    style = torch.rand(n, 3, generator=gen) * 2 - 1 if continental else torch.tensor([-1.0, 0.0, 0.0]).expand(n, 3)
+    return torch.cat([theta, u, style], 1)
 
 
 def random_theta(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -44,12 +54,15 @@ def random_theta(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([cos, cos * shear - sin, shift[:, 0], sin, sin * shear + cos, shift[:, 1]], 1)
 
 
-def apply(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """``x`` (normalized [n,1,28,28]) augmented by ``params`` from :func:`draw` (same device)."""
+def apply(x: torch.Tensor, params: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` (normalized [n,1,28,28]) augmented by ``params`` from :func:`draw` (same device);
+    with the ``labels``, 1s gain the continental style too."""
     n = x.shape[0]
+    if labels is not None:
+        x = continental_ones(x, params, labels)
     theta = params[:, :6].reshape(n, 2, 3)
-    field = params[:, 6:6 + 2 * FIELD * FIELD].reshape(n, 2, FIELD, FIELD)
-    thick, blur = params[:, -2], (params[:, -1] + 1) / 2
+    field = params[:, 6:THICK].reshape(n, 2, FIELD, FIELD)
+    thick, blur = params[:, THICK], (params[:, BLUR] + 1) / 2
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     smooth = F.interpolate(field, size=x.shape[-2:], mode="bilinear", align_corners=True)
     grid = grid + smooth.permute(0, 2, 3, 1) * (ELASTIC_PX / 14)
@@ -61,6 +74,47 @@ def apply(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     soft = F.conv2d(ink, _GAUSS.to(x)[None, None], padding=1)
     w = ((blur - 0.6) / 0.4).clamp(0, 1)[:, None, None, None]  # 40% of images, each by its own amount
     return ink * (1 - w) + soft * w + BACKGROUND
+
+
+def continental_ones(x: torch.Tensor, params: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The 1s among ``x`` with a flag (``params[:, STYLE] >= 0``: half of them) from the top of
+    the stroke down to the left, 4-8 px long at 30-50 degrees, and (``STYLE >= 0.5``: a
+    quarter) a base serif across the stroke's foot, 6-12 px wide; drawn as anti-aliased
+    strokes as wide as the digit's. Pure tensor ops, no host sync (it runs in the CUDA graph)."""
+    ink = x - BACKGROUND
+    peak = ink.amax((2, 3), keepdim=True)
+    on = (ink > 0.5 * peak).float()[:, 0]  # [n, 28, 28]
+    rows = on.sum(2)  # ink per row
+    r = torch.arange(28, device=x.device, dtype=x.dtype)
+    has = rows > 0
+    top = torch.where(has, r, torch.full_like(r, 99)).amin(1)  # first and last rows with ink
+    bottom = torch.where(has, r, torch.full_like(r, -1)).amax(1)
+
+    def centre(row: torch.Tensor) -> torch.Tensor:  # the stroke's column near that row (3 rows)
+        band = ((r[None] - row[:, None]).abs() <= 1).float()[:, :, None] * on
+        w = band.sum(1)
+        return (w * r).sum(1) / w.sum(1).clamp_min(1)
+    xt, xb = centre(top), centre(bottom)
+    style, flag, base = params[:, STYLE], (params[:, FLAG] + 1) / 2, (params[:, BASE] + 1) / 2
+    length, angle = 4 + 4 * flag, torch.deg2rad(30 + 20 * flag)
+    half = 3 + 3 * base
+    width = (on.sum((1, 2)) / (bottom - top + 1).clamp_min(1)).clamp(1.5, 3.5)  # the stroke's width in px
+    yy, xx = r[None, :, None], r[None, None, :]
+    flag_d = _segment_distance(yy, xx, top, xt, top + length * torch.sin(angle), xt - length * torch.cos(angle))
+    base_d = _segment_distance(yy, xx, bottom, xb - half, bottom, xb + half)
+    is_one = (labels == 1) & (top <= bottom)
+    pen = width[:, None, None] / 2 + 0.5
+    draw = torch.maximum((pen - flag_d).clamp(0, 1) * (is_one & (style >= 0))[:, None, None],
+                         (pen - base_d).clamp(0, 1) * (is_one & (style >= 0.5))[:, None, None])
+    return torch.maximum(ink, draw[:, None] * peak) + BACKGROUND
+
+
+def _segment_distance(yy, xx, y0, x0, y1, x1) -> torch.Tensor:
+    """Each pixel's distance [n, 28, 28] to each image's segment (y0, x0)-(y1, x1) ([n] each)."""
+    y0, x0, y1, x1 = (t[:, None, None] for t in (y0, x0, y1, x1))
+    dy, dx = y1 - y0, x1 - x0
+    t = (((yy - y0) * dy + (xx - x0) * dx) / (dy * dy + dx * dx).clamp_min(1e-6)).clamp(0, 1)
+    return torch.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
 
 
 def _max3(x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     augment: bool = True  # random affine: rotation, shift, scale, applied per batch
+    continental: bool = False  # with augment: 1s gain a flag and a base serif (digits.augment.continental_ones)
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # None: all cores
@@ -37,11 +38,11 @@ RECIPES: dict[str, dict[str, dict]] = {
         "fast": dict(epochs=2, batch_size=256, lr=2e-3, augment=False),
     },
     "cnn": {
-        "default": dict(epochs=10, batch_size=256, lr=3e-3, augment=True, label_smoothing=0.1),
+        "default": dict(epochs=10, batch_size=256, lr=3e-3, augment=True, continental=True, label_smoothing=0.1),
         "fast": dict(epochs=2, batch_size=256, lr=3e-3, augment=False),
     },
     "lenet5": {
-        "default": dict(epochs=10, batch_size=256, lr=4e-3, augment=True, label_smoothing=0.1),
+        "default": dict(epochs=10, batch_size=256, lr=4e-3, augment=True, continental=True, label_smoothing=0.1),
         "fast": dict(epochs=2, batch_size=256, lr=2e-2, augment=False, label_smoothing=0.1),
     },
 }

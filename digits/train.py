@@ -152,14 +152,14 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
                     dist.only(dist.main, functools.partial(save_resume, folder, snap), "save the resume state")
                     raise TrainingInterrupted(cfg.model, folder / RESUME, dist.world, signum)
                 idx = perm[state["step"] * cfg.batch_size:(state["step"] + 1) * cfg.batch_size]
-                aug = augment.draw(len(idx), gen) if cfg.augment else None  # drawn for the global batch
+                aug = augment.draw(len(idx), gen, cfg.continental) if cfg.augment else None  # drawn for the global batch
                 if static is not None:
                     loss = static(idx, aug)
                 else:
                     mine = dist.shard(idx)
                     x, y = data.train_x[mine], data.train_y[mine]
                     if aug is not None:
-                        x = augment.apply(x, dist.shard(aug).to(device))
+                        x = augment.apply(x, dist.shard(aug).to(device), y if cfg.continental else None)
                     loss = shard_loss(model(x), y, cfg.label_smoothing, len(idx), dist)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -218,7 +218,8 @@ def _static_step(model: nn.Module, data: Splits, cfg: TrainConfig, device: torch
     if device.type != "cuda":
         return None
     return StaticStep(model, data.train_x, data.train_y, sizes=batch_sizes(len(data.train_x), cfg.batch_size),
-                      label_smoothing=cfg.label_smoothing, augment=cfg.augment, capture=cfg.cuda_graph)
+                      label_smoothing=cfg.label_smoothing, augment=cfg.augment, capture=cfg.cuda_graph,
+                      continental=cfg.continental)
 
 
 def _warm_up(static: StaticStep | None, device: torch.device) -> float:

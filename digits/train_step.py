@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digits.augment import PARAMS, apply
+from digits.augment import BLUR, PARAMS, STYLE, apply
 
 WARMUP_STEPS = 3  # PyTorch's recipe: a few eager iterations on a side stream before capture
 
@@ -40,13 +40,13 @@ class StaticStep:
     """``step(idx, aug) -> loss``: forward and backward of one batch, gradients left in ``.grad``."""
 
     def __init__(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *, sizes: list[int],
-                 label_smoothing: float, augment: bool, capture: bool):
-        self.model, self.x, self.y = model, train_x, train_y
+                 label_smoothing: float, augment: bool, capture: bool, continental: bool = False):
+        self.model, self.x, self.y, self.continental = model, train_x, train_y, continental
         self.label_smoothing, self.capture = label_smoothing, capture
         device = train_x.device
         identity = torch.zeros(PARAMS, device=device)
-        identity[0] = identity[4] = 1.0  # the identity warp, no field, thickness or blur (overwritten each step)
-        identity[-1] = -1.0
+        identity[0] = identity[4] = 1.0  # the identity warp, no field, thickness, blur or style (overwritten each step)
+        identity[BLUR] = identity[STYLE] = -1.0
         self.slots = {n: _Slot(torch.zeros(n, dtype=torch.long, device=device),
                                identity.repeat(n, 1) if augment else None) for n in sizes}
         self.setup_seconds = 0.0
@@ -58,10 +58,10 @@ class StaticStep:
                     p.grad.zero_()
         else:  # the eager loop's own habit, so --no-cuda-graph is the best eager step
             self.model.zero_grad(set_to_none=True)
-        x = self.x[slot.idx]
+        x, y = self.x[slot.idx], self.y[slot.idx]
         if slot.aug is not None:
-            x = apply(x, slot.aug)
-        loss = F.cross_entropy(self.model(x), self.y[slot.idx], label_smoothing=self.label_smoothing)
+            x = apply(x, slot.aug, y if self.continental else None)
+        loss = F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing)
         loss.backward()
         return loss
 

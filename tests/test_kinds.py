@@ -75,7 +75,7 @@ def test_identity_parameters_change_nothing():
     x = torch.randn(4, 1, 28, 28)
     p = torch.zeros(4, augment.PARAMS)
     p[:, 0] = p[:, 4] = 1.0
-    p[:, -1] = -1.0
+    p[:, augment.BLUR] = p[:, augment.STYLE] = -1.0
     ink = (x - augment.BACKGROUND).clamp_min(0) + augment.BACKGROUND
     torch.testing.assert_close(augment.apply(x, p), ink, atol=1e-4, rtol=0)  # grid_sample at the identity: float rounding
 
@@ -90,9 +90,9 @@ def _digit() -> torch.Tensor:
 def _one(**set_) -> torch.Tensor:
     p = torch.zeros(1, augment.PARAMS)
     p[:, 0] = p[:, 4] = 1.0
-    p[:, -1] = -1.0
+    p[:, augment.BLUR] = p[:, augment.STYLE] = -1.0
     for k, v in set_.items():
-        p[:, {"thick": -2, "blur": -1, "shear": 1}[k] if k != "field" else slice(6, 6 + 2 * augment.FIELD ** 2)] = v
+        p[:, {"thick": augment.THICK, "blur": augment.BLUR, "shear": 1}[k] if k != "field" else slice(6, augment.THICK)] = v
     return augment.apply(_digit(), p) - augment.BACKGROUND
 
 
@@ -108,6 +108,25 @@ def test_each_augmentation_does_what_it_says():
     assert abs(cols(leaning, slice(6, 10)) - cols(plain, slice(6, 10))) > 0.5
     bent = _one(field=torch.linspace(-1, 1, 2 * augment.FIELD ** 2))
     assert (bent - plain).abs().sum() > 1.0 and abs(bent.sum() - plain.sum()) < 0.2 * plain.sum()
+
+
+def test_a_continental_1_gains_its_flag_and_base_and_nothing_else_does():
+    p = torch.zeros(3, augment.PARAMS)
+    p[:, 0] = p[:, 4] = 1.0
+    p[:, augment.BLUR] = -1.0
+    p[:, augment.STYLE] = torch.tensor([-1.0, 0.2, 0.9])  # plain, a flag, a flag and a base
+    x = _digit().repeat(3, 1, 1, 1)
+    x[:, :, 6:8, 10:13] = augment.BACKGROUND  # a bare stroke: rows 6-21, columns 13-14
+    ones = augment.apply(x, p, torch.tensor([1, 1, 1])) - augment.BACKGROUND
+    plain, flag, both = ones[:, 0]
+    assert torch.allclose(plain, x[0, 0] - augment.BACKGROUND, atol=1e-4)
+    assert flag[7:12, 6:12].sum() > 3 and flag[20:24].sum() <= plain[20:24].sum() + 1e-3  # down-left of the top only
+    assert both[7:12, 6:12].sum() > 3 and both[20:23, 8:12].sum() > 3 and both[20:23, 16:20].sum() > 3  # the foot across
+    sevens = augment.apply(x, p, torch.tensor([7, 7, 7])) - augment.BACKGROUND
+    assert torch.allclose(sevens, plain.expand_as(sevens[:, 0])[:, None], atol=1e-4)  # other digits keep their shape
+    assert torch.allclose(augment.apply(x, p) - augment.BACKGROUND, sevens, atol=1e-4)  # without labels, no style
+    assert (augment.draw(16, torch.Generator().manual_seed(0))[:, augment.STYLE] == -1).all()  # not drawn unless asked
+    assert (augment.draw(16, torch.Generator().manual_seed(0), continental=True)[:, augment.STYLE] > -1).all()
 
 
 def test_augmentation_is_drawn_from_its_generator():

@@ -235,8 +235,9 @@ def test_captured_step_equals_its_eager_body(splits):
     x, y = splits.train_x.cuda(), splits.train_y.cuda()
     from digits.augment import draw
 
-    idx, aug = torch.arange(64, device="cuda"), draw(64, torch.Generator().manual_seed(0))  # every augmentation at once
-    steps = [StaticStep(model, x, y, sizes=[64], label_smoothing=0.1, augment=True, capture=c)
+    # every augmentation at once
+    idx, aug = torch.arange(64, device="cuda"), draw(64, torch.Generator().manual_seed(0), continental=True)
+    steps = [StaticStep(model, x, y, sizes=[64], label_smoothing=0.1, augment=True, capture=c, continental=True)
              for c in (True, False)]
     results = []
     for step in steps:
