@@ -89,7 +89,8 @@ def restore(snap: dict, cfg: TrainConfig, model, opt, sched, gen, dist: Dist) ->
     saved = {k: v for k, v in snap["config"].items() if k not in free}
     wanted = {k: v for k, v in asdict(cfg).items() if k not in free}
     if saved != wanted:
-        diff = ", ".join(f"{k}: saved {saved[k]!r} vs now {wanted[k]!r}" for k in saved if saved[k] != wanted.get(k))
+        diff = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {wanted.get(k)!r}"  # a setting newer than the save: None
+                         for k in sorted(saved.keys() | wanted.keys()) if saved.get(k) != wanted.get(k))
         raise UsageError(f"--resume needs the same settings as the interrupted run ({diff}).")
     model.load_state_dict(snap["model"])
     opt.load_state_dict(snap["opt"])

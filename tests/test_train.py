@@ -97,6 +97,18 @@ def test_resume_with_other_settings_is_refused(splits, tmp_path):
         train(resolve_config("mlp", "fast", **{**QUICK, "lr": 0.5}), splits, tmp_path, resume=True)
 
 
+def test_resume_names_a_setting_the_saved_run_did_not_have():
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from digits.resume import restore
+
+    cfg = resolve_config("cnn", "default")
+    saved = {k: v for k, v in asdict(cfg).items() if k != "continental"}  # saved before the setting existed
+    with pytest.raises(UsageError, match="continental: saved None vs now True"):
+        restore({"config": saved}, cfg, None, None, None, None, SimpleNamespace(world=1))
+
+
 def test_resume_without_state_says_so(splits, tmp_path):
     with pytest.raises(DigitsError, match="Nothing to resume"):
         train(resolve_config("mlp", "fast", **QUICK), splits, tmp_path, resume=True)
