@@ -73,13 +73,15 @@ def test_data_on_corrupt_files_fails_cleanly(fixture_copy, monkeypatch):
 
 def test_train_json_has_the_documented_keys(fixture_root, tmp_path):
     result = runner.invoke(app, ["train", "lenet5", "--recipe", "fast", "--epochs", "1", "--threads", "2",
-                                 "--data-dir", str(fixture_root), "--out", str(tmp_path), "--json"])
+                                 "--augment", "--continental", "--data-dir", str(fixture_root), "--out", str(tmp_path),
+                                 "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     for key in ("model", "epochs", "seed", "params", "val_accuracy", "test_accuracy", "train_seconds", "checkpoint"):
         assert key in out
     assert out["model"] == "lenet5" and 0 <= out["test_accuracy"] <= 1
-    assert (tmp_path / "lenet5/manifest.json").is_file()
+    config = json.loads((tmp_path / "lenet5/manifest.json").read_text())["config"]
+    assert config["augment"] and config["continental"]  # the flags reach the recipe (fast has neither)
 
 
 def test_train_all_json_is_a_list(fixture_root, tmp_path):

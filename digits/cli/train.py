@@ -33,7 +33,11 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: recipe).", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed for init, data order, augmentation and the val split.")] = 0,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", show_default=False,
-                                                 help="Random affine augmentation (default: recipe).")] = None,
+                                                 help="Augment each batch: warp, elastic, stroke width, blur "
+                                                 "(default: recipe).")] = None,
+    continental: Annotated[bool | None, typer.Option("--continental/--no-continental", show_default=False,
+                                                     help="With --augment, 1s gain a flag and a base serif "
+                                                     "(default: recipe: cnn and lenet5).")] = None,
     recipe: Annotated[Recipe, typer.Option(help="default: tuned for accuracy; fast: a few seconds.")] = Recipe.default,
     device: Annotated[Device, typer.Option(help="auto picks cuda when available.")] = Device.auto,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores; under DDP, the "
@@ -59,7 +63,7 @@ def train(
 
     names = model_names(model)
     cfgs = [resolve_config(n, recipe.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                           augment=augment, device=device.value, threads=threads,
+                           augment=augment, continental=continental, device=device.value, threads=threads,
                            cuda_graph=cuda_graph) for n in names]
     if nproc > 1:
         return _launch(nproc, cfgs, out_dir)
