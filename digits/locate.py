@@ -39,7 +39,8 @@ so a 1-px pen line survives):
    median (a wide 3 among digits as wide is one digit, not "23"). It stays
    one digit here, and ``splits`` offers the other reading: as many digits as its width
    holds, each cut at the column with the least ink near its expected place (the vertical
-   projection, as classic OCR segments touching characters). A wide 0 or 2 is one digit,
+   projection, as classic OCR segments touching characters), every piece at least half
+   the group's height. A wide 0 or 2 is one digit,
    so the choice is the model's, by which reading it is surer of (recognition-based
    segmentation: ``Found.read`` in digits.preprocess).
 
@@ -145,7 +146,9 @@ def _pieces(g: Group, labels: np.ndarray) -> list[Group]:
         if b - a >= 2 and len(rows):
             out.append(Group(g.x0 + a, g.y0 + int(rows[0]), g.x0 + b, g.y0 + int(rows[-1]) + 1,
                               int(own[:, a:b].sum()), list(g.labels)))
-    return out if len(out) >= 2 else []
+    # every piece is a digit of the number, about as tall as the group: a flat sliver (the end of a
+    # wide 7's bar, read as a "2") is no reading to offer
+    return out if len(out) >= 2 and min(p.h for p in out) >= 0.5 * g.h else []
 
 
 def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = False,

@@ -198,6 +198,25 @@ def test_in_a_row_a_digit_as_wide_as_its_neighbours_is_not_offered_cut():
     assert list(row([76, 76])) == [0, 1]  # one neighbour only: no row to compare with, the aspect rule
 
 
+def test_a_cut_that_leaves_a_flat_sliver_is_not_offered():
+    """Step 8's pieces are digits of the number, each about as tall as the group: a very wide,
+    flat 7 cut at its bar's thinnest column left the bar's end (read as a "2": "27")."""
+    from digits.grouping import Group
+    from digits.locate import _pieces
+
+    def pieces_of(draw) -> list:
+        mask = np.zeros((120, 200), np.uint8)
+        draw(mask)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        (x, y, w, h, area), = stats[1:]
+        return _pieces(Group(x, y, x + w, y + h, area, [1]), labels)
+    seven = lambda m: (cv2.line(m, (20, 20), (150, 20), 255, 6), cv2.line(m, (150, 20), (120, 100), 255, 6))  # noqa: E731
+    zeros = lambda m: (cv2.ellipse(m, (60, 60), (32, 40), 0, 0, 360, 255, 6),  # noqa: E731
+                       cv2.ellipse(m, (120, 60), (32, 40), 0, 0, 360, 255, 6))
+    assert pieces_of(seven) == []
+    assert len(pieces_of(zeros)) == 2  # two 0s written into each other: each piece as tall as the group
+
+
 def test_the_model_chooses_between_one_wide_digit_and_touching_digits():
     from digits.preprocess import Found
 
