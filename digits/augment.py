@@ -40,8 +40,16 @@ def draw(n: int, gen: torch.Generator, continental: bool = False) -> torch.Tenso
     style only with ``continental`` (else drawn not at all: the same numbers as before it)."""
     u = torch.rand(n, STYLE - 6, generator=gen) * 2 - 1
     theta = random_theta(n, gen)
-    style = torch.rand(n, 3, generator=gen) * 2 - 1 if continental else torch.tensor([-1.0, 0.0, 0.0]).expand(n, 3)
+    style = torch.rand(n, 3, generator=gen) * 2 - 1 if continental else identity(n)[:, STYLE:]
     return torch.cat([theta, u, style], 1)
+
+
+def identity(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Parameters [n, PARAMS] that change nothing: the identity warp, no field, thickness, blur or style."""
+    p = torch.zeros(n, PARAMS, device=device)
+    p[:, 0] = p[:, 4] = 1.0
+    p[:, BLUR] = p[:, STYLE] = -1.0
+    return p
 
 
 def random_theta(n: int, gen: torch.Generator) -> torch.Tensor:

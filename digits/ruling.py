@@ -94,6 +94,7 @@ def dashed_lines(thin: np.ndarray, dark: np.ndarray | None = None) -> np.ndarray
     H, W = thin.shape
     out = np.zeros(thin.shape, bool)
     tans = np.tan(np.radians(np.arange(-DASHED_TILT, DASHED_TILT + 1e-6, DASHED_STEP)))
+    Y, X = np.nonzero(thin)
     for axis in (1, 0):
         length, span = (W, H) if axis == 1 else (H, W)
         run = cv2.morphologyEx(thin, cv2.MORPH_OPEN, np.ones((1, 3) if axis == 1 else (3, 1), np.uint8))
@@ -114,7 +115,7 @@ def dashed_lines(thin: np.ndarray, dark: np.ndarray | None = None) -> np.ndarray
                          for i in (-1, 0, 1) for j in (-1, 0, 1) if i or j], axis=0)
         beside = np.maximum(np.pad(two, ((0, 0), (2, 0)))[:, :-2], np.pad(two, ((0, 0), (0, 2)))[:, 2:])
         peak = (two >= 0.3 * length / stride) & (two >= around) & (two >= 2 * beside)
-        ink = np.nonzero(thin if axis == 1 else thin.T)
+        ink = (Y, X) if axis == 1 else (X, Y)  # (across, along), as the voters
         for a in np.flatnonzero(peak.any(1)):
             band, on = _bands(peak[a], voters[0] - shift[a, voters[1]])
             lo, hi = np.full(n - 1, length), np.full(n - 1, -1)

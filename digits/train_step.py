@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digits.augment import BLUR, PARAMS, STYLE, apply
+from digits.augment import apply, identity
 
 WARMUP_STEPS = 3  # PyTorch's recipe: a few eager iterations on a side stream before capture
 
@@ -44,11 +44,8 @@ class StaticStep:
         self.model, self.x, self.y, self.continental = model, train_x, train_y, continental
         self.label_smoothing, self.capture = label_smoothing, capture
         device = train_x.device
-        identity = torch.zeros(PARAMS, device=device)
-        identity[0] = identity[4] = 1.0  # the identity warp, no field, thickness, blur or style (overwritten each step)
-        identity[BLUR] = identity[STYLE] = -1.0
-        self.slots = {n: _Slot(torch.zeros(n, dtype=torch.long, device=device),
-                               identity.repeat(n, 1) if augment else None) for n in sizes}
+        self.slots = {n: _Slot(torch.zeros(n, dtype=torch.long, device=device),  # parameters overwritten each step
+                               identity(n, device) if augment else None) for n in sizes}
         self.setup_seconds = 0.0
 
     def _body(self, slot: _Slot) -> torch.Tensor:

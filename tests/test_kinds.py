@@ -73,9 +73,7 @@ def test_strokes_come_out_as_wide_as_mnist_s(pen):
 # --------------------------------------------------------------------------- augmentation
 def test_identity_parameters_change_nothing():
     x = torch.randn(4, 1, 28, 28)
-    p = torch.zeros(4, augment.PARAMS)
-    p[:, 0] = p[:, 4] = 1.0
-    p[:, augment.BLUR] = p[:, augment.STYLE] = -1.0
+    p = augment.identity(4)
     ink = (x - augment.BACKGROUND).clamp_min(0) + augment.BACKGROUND
     torch.testing.assert_close(augment.apply(x, p), ink, atol=1e-4, rtol=0)  # grid_sample at the identity: float rounding
 
@@ -88,9 +86,7 @@ def _digit() -> torch.Tensor:
 
 
 def _one(**set_) -> torch.Tensor:
-    p = torch.zeros(1, augment.PARAMS)
-    p[:, 0] = p[:, 4] = 1.0
-    p[:, augment.BLUR] = p[:, augment.STYLE] = -1.0
+    p = augment.identity(1)
     for k, v in set_.items():
         p[:, {"thick": augment.THICK, "blur": augment.BLUR, "shear": 1}[k] if k != "field" else slice(6, augment.THICK)] = v
     return augment.apply(_digit(), p) - augment.BACKGROUND
@@ -111,9 +107,7 @@ def test_each_augmentation_does_what_it_says():
 
 
 def test_a_continental_1_gains_its_flag_and_base_and_nothing_else_does():
-    p = torch.zeros(3, augment.PARAMS)
-    p[:, 0] = p[:, 4] = 1.0
-    p[:, augment.BLUR] = -1.0
+    p = augment.identity(3)
     p[:, augment.STYLE] = torch.tensor([-1.0, 0.2, 0.9])  # plain, a flag, a flag and a base
     x = _digit().repeat(3, 1, 1, 1)
     x[:, :, 6:8, 10:13] = augment.BACKGROUND  # a bare stroke: rows 6-21, columns 13-14
