@@ -32,7 +32,6 @@ ELASTIC_PX = 1.5  # its largest displacement
 THICK = 6 + 2 * FIELD * FIELD  # packed: theta (6), the field, then one number each:
 BLUR, STYLE, FLAG, BASE = THICK + 1, THICK + 2, THICK + 3, THICK + 4  # blur; a 1's style, flag length, base width
 PARAMS = BASE + 1
-_GAUSS = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
 
 
 def draw(n: int, gen: torch.Generator, continental: bool = False) -> torch.Tensor:
@@ -79,7 +78,7 @@ def apply(x: torch.Tensor, params: torch.Tensor, labels: torch.Tensor | None = N
     fat = _max3(ink)
     fine = 0.4 * ink - 0.6 * _max3(-ink)  # thinned, not erased: MNIST strokes are ~2 px
     ink = torch.where((thick > 0.5)[:, None, None, None], fat, torch.where((thick < -0.5)[:, None, None, None], fine, ink))
-    soft = F.conv2d(ink, _GAUSS.to(x)[None, None], padding=1)
+    soft = _blur3(ink)
     w = ((blur - 0.6) / 0.4).clamp(0, 1)[:, None, None, None]  # 40% of images, each by its own amount
     return ink * (1 - w) + soft * w + BACKGROUND
 
@@ -123,6 +122,14 @@ def _segment_distance(yy, xx, y0, x0, y1, x1) -> torch.Tensor:
     dy, dx = y1 - y0, x1 - x0
     t = (((yy - y0) * dy + (xx - x0) * dx) / (dy * dy + dx * dx).clamp_min(1e-6)).clamp(0, 1)
     return torch.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
+
+
+def _blur3(x: torch.Tensor) -> torch.Tensor:
+    """The 3x3 Gaussian [1 2 1]/4 x [1 2 1]/4, zero-padded, as shifted sums: no constant
+    kernel tensor, whose copy to the GPU inside a CUDA graph's capture is an error."""
+    p = F.pad(x, (1, 1, 1, 1))
+    rows = (p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]) / 4
+    return (rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :]) / 4
 
 
 def _max3(x: torch.Tensor) -> torch.Tensor:

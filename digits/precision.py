@@ -3,6 +3,8 @@
     fp32  the reference: every export must match eager to max_abs_diff <= 1e-4, agreement 1.0
     bf16  bfloat16 weights and activations (AVX512-BF16 / AMX-BF16 / ARM BF16 on CPUs, any recent GPU)
     fp16  float16 (GPUs; CPUs with AVX512-FP16 or AMX-FP16)
+    tf32  FP32 weights and activations, matmuls and convolutions on TF32 tensor cores (CUDA, Ampere and
+          later): the checkpoint's own models only (eager, cudagraph*, compile), never passed off as fp32
     int8  onnxruntime static quantization (QDQ), calibrated on training images (x86 AVX2 and up, ARM dot-product)
 
 A reduced precision cannot match FP32 to 1e-4, so its parity is judged on what users
@@ -12,6 +14,7 @@ images. The thresholds are written into the export manifest beside the figures.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -23,12 +26,16 @@ import torch
 
 from digits.errors import UsageError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "tf32")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Parity thresholds, per precision (fractions, not points).
 FP32_THRESHOLDS = {"max_abs_diff": 1e-4, "argmax_agreement": 1.0}
 REDUCED_THRESHOLDS = {"accuracy_delta": 0.002, "argmax_agreement": 0.995}
+# TF32 rounds each product's inputs to 10 mantissa bits (FP32 accumulation): logits move by
+# ~1e-3 of their size (emulated on a CPU: <= 0.004 on the test set, every prediction kept),
+# so it is held to 0.05 and to 99.9% of FP32's predictions.
+TF32_THRESHOLDS = {"max_abs_diff": 0.05, "argmax_agreement": 0.999}
 
 # /proc/cpuinfo flags that decide a precision's path: x86's "flags" line, ARM64's "Features".
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
@@ -44,14 +51,15 @@ def check_precision(name: str) -> str:
 
 
 def thresholds(precision: str) -> dict:
-    return dict(FP32_THRESHOLDS if check_precision(precision) == "fp32" else REDUCED_THRESHOLDS)
+    table = {"fp32": FP32_THRESHOLDS, "tf32": TF32_THRESHOLDS}
+    return dict(table.get(check_precision(precision), REDUCED_THRESHOLDS))
 
 
 def passes(precision: str, *, max_abs_diff: float, argmax_agreement: float, accuracy: float,
            eager_accuracy: float) -> bool:
     """Whether parity figures meet ``precision``'s thresholds."""
     t = thresholds(precision)
-    if precision == "fp32":
+    if precision in ("fp32", "tf32"):
         return max_abs_diff <= t["max_abs_diff"] and argmax_agreement >= t["argmax_agreement"]
     # The tiny epsilon keeps an exact 0.2-point difference (20 of 10,000 images) a pass.
     return abs(accuracy - eager_accuracy) <= t["accuracy_delta"] + 1e-12 and argmax_agreement >= t["argmax_agreement"]
@@ -112,12 +120,12 @@ def native_precisions(device: str = "cpu", cpu: Cpu | None = None) -> list[str]:
     CPU: int8 on any x86-64 with AVX2 (VNNI or not: see :func:`int8_path`) or AMX-INT8,
     and on ARM64 with the dot-product instructions; bf16 with AVX512-BF16, AMX-BF16 or
     ARM's BF16; fp16 with AVX512-FP16 or AMX-FP16. CUDA: fp16 everywhere, bf16 from compute
-    capability 8.0 (Ampere). Whether a path is also *faster* than FP32 here is what the
+    capability 8.0 (Ampere), and tf32 there too. Whether a path is also *faster* than FP32 here is what the
     bench measures and says (docs/bench.md), not something assumed.
     """
     if device == "cuda":
         major, _ = torch.cuda.get_device_capability()
-        return ["fp32", "fp16"] + (["bf16"] if major >= 8 else [])
+        return ["fp32", "fp16"] + (["bf16", "tf32"] if major >= 8 else [])
     cpu = cpu or this_cpu()
     f = cpu.flags
     out = ["fp32"]
@@ -167,10 +175,40 @@ class AtPrecision(torch.nn.Module):
         return self.inner(x.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
 
 
+class Tf32(torch.nn.Module):
+    """``inner`` with TF32 allowed for its matmuls and convolutions during its own calls only:
+    the flags are process-wide, and every other cell of a sweep stays strict FP32. A CUDA
+    graph captured through it keeps the TF32 kernels it captured."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with allow_tf32(True):
+            return self.inner(x)
+
+
+@contextlib.contextmanager
+def allow_tf32(on: bool):
+    """CUDA's TF32 for matmuls and cuDNN convolutions set to ``on`` inside, restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def at_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """``model`` itself for fp32, else wrapped in :class:`AtPrecision` (int8 is not a torch dtype here)."""
+    """``model`` itself for fp32, else wrapped in :class:`AtPrecision` or :class:`Tf32` (int8 is
+    not a torch dtype here)."""
     if check_precision(precision) == "fp32":
         return model
+    if precision == "tf32":
+        if next(model.parameters()).device.type != "cuda":
+            raise UsageError("tf32 is a CUDA precision (TF32 tensor cores): use --device cuda, or fp32 on a CPU.")
+        return Tf32(model).eval()
     if precision not in TORCH_DTYPES:
         raise UsageError(f"PyTorch runs {precision} through onnxruntime or OpenVINO only here: "
                          "export it with `digits export --format onnx --precision int8`.")

@@ -8,6 +8,11 @@ where pip and MNIST are) prepares what travels:
     python3 scripts/gpu_session.py train  # lenet5 --recipe fast on CUDA, graph on and off, 3 seeds
     python3 scripts/gpu_session.py bench  # export all (fp32, fp16, bf16), then digits bench --device cuda
     python3 scripts/gpu_session.py profile  # scripts/gpu_profile.py: wall time against kernel time
+    python3 scripts/gpu_session.py levers   # issue 29: the CUDA-graph levers x fp32/tf32/fp16 at batch 256
+    python3 scripts/gpu_session.py levers --compile  # the same for cudagraph-compile (max-autotune)
+
+On the H200, `test` needs a call of its own (644 tests: over 330 s), `levers` with three
+processes over 230 s (one process: 35 s), `levers --compile` minutes per model.
 
 Each device stage writes under ``$OUT`` (what the device tool brings back): ``test`` its
 log, ``train`` train-cuda-<date>.json, ``bench`` the bench files. The checkpoints are the
@@ -33,7 +38,7 @@ DATA, WHEELS = ROOT / "data", ROOT / ".whl"
 # Runtime dependencies the device image lacks (the rest are there); pack pins the versions
 # installed here, the ones the suite passed with.
 MISSING_THERE = ["fastapi", "starlette", "pydantic", "pydantic-core", "annotated-types", "annotated-doc",
-                 "typing-inspection", "uvicorn", "python-multipart", "opentelemetry-api", "prometheus-client"]
+                 "typing-inspection", "uvicorn", "python-multipart", "opentelemetry-api", "prometheus-client", "orjson"]
 # Not carried, for size: opencv-python-headless (~50 MB; digits.locate needs it, so if the
 # device lacks it, carry it instead of artifacts/) and tritonclient[http] (test-only: the
 # KServe v2 tests skip without it).
@@ -122,6 +127,33 @@ def bench(args) -> None:
     print(done.stdout)
 
 
+# The batch-256 targets' sweep: LeNet-5 FP32 graph against the best FP32 non-graph cell, the
+# MLP's fp16 graph against FP32 eager; every lever a backend of its own (docs/bench.md).
+LEVER_BACKENDS = "eager,torchscript,pt2,cudagraph,cudagraph-autotune,cudagraph-cl,cudagraph-tuned"
+
+
+def levers(args) -> None:
+    """The levers' sweep in ``--processes`` fresh processes (statistics over processes, not calls);
+    ``--compile``: cudagraph against cudagraph-compile, in one process (max-autotune compiles
+    each shape for tens of seconds; the second process would only read its caches)."""
+    out = _out() / ("compile" if args.compile else "levers")
+    with open(_out() / f"{out.name}-gpu.txt", "w") as log:
+        if not args.compile:
+            for model in ("lenet5", "mlp"):
+                for fmt in ("torchscript", "pt2"):
+                    for p in ("fp32", "fp16"):
+                        _digits("export", model, "--format", fmt, "--precision", p, log=log)
+        backends = "cudagraph,cudagraph-compile" if args.compile else LEVER_BACKENDS
+        precisions = "fp32,tf32,fp16"
+        if args.device == "cpu":  # the dry run: the same plumbing, with what a CPU runs
+            backends, precisions = ("compile" if args.compile else "eager,torchscript,pt2"), "fp32"
+        done = _digits("bench", "--device", args.device, "--models", "lenet5,mlp", "--backends", backends,
+                       "--precisions", precisions, "--batch-sizes", "1,256", "--processes",
+                       "1" if args.compile else str(args.processes), "--rounds", "3", "--min-time", "0.6",
+                       "--out", str(out), log=log)
+    print(done.stdout)
+
+
 def profile(_args) -> None:
     subprocess.run([sys.executable, str(ROOT / "scripts/gpu_profile.py"), "--data", str(DATA), "--out", str(_out())],
                    env=_env(), cwd=ROOT, check=True)
@@ -136,7 +168,10 @@ def main() -> None:
     sub.choices["train"].set_defaults(run=train)
     sub.add_parser("bench").set_defaults(run=bench)
     sub.add_parser("profile").set_defaults(run=profile)
-    for stage in ("train", "bench"):  # --device cpu: a dry run of the stage's plumbing anywhere
+    sub.add_parser("levers").set_defaults(run=levers)
+    sub.choices["levers"].add_argument("--compile", action="store_true")
+    sub.choices["levers"].add_argument("--processes", type=int, default=3)
+    for stage in ("train", "bench", "levers"):  # --device cpu: a dry run of the stage's plumbing anywhere
         sub.choices[stage].add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
     args.run(args)

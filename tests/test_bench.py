@@ -23,6 +23,7 @@ from digits.checkpoint import load_checkpoint
 from digits.cli import app
 from digits.errors import DigitsError, UsageError
 from digits.models import list_models
+from digits.precision import thresholds
 
 def gpu_provider_missing(backend: str) -> str | None:
     """Why an onnxruntime GPU backend cannot run here (its provider is not installed), else None."""
@@ -99,9 +100,9 @@ def test_efficiency_arithmetic():
 @pytest.mark.parametrize("backend", list_backends())
 @pytest.mark.parametrize("model", list_models())
 def test_backend_logits_equal_eager(exported, trained, test_set, backend, model, monkeypatch):
+    if backend in ("compile", "cudagraph-compile") and model != "mlp":
+        pytest.skip("torch.compile takes 6-21 s per model on 2 cores, cold; one model proves the path")
     if backend == "compile":
-        if model != "mlp":
-            pytest.skip("torch.compile takes 6-21 s per model on 2 cores, cold; one model proves the path")
         # Cold, inductor first compiles a test program per vector ISA the CPU reports (~5 s of
         # 11 here): trust the CPU's flags instead. The model itself is compiled as ever.
         import torch._inductor.config as inductor
@@ -445,14 +446,42 @@ def test_cuda_sweep_times_every_torch_backend_and_precision_on_the_gpu(exported,
     assert set(env["peak_gflops_by_precision"]) == {"fp32", "fp16", "bf16"}
 
 
+LEVERS = ["cudagraph-autotune", "cudagraph-cl", "cudagraph-tuned", "cudagraph-compile"]
+
+
 def test_default_backends_follow_the_device():
     assert "cudagraph" not in default_backends("cpu") and "cudagraph" in default_backends("cuda")
     assert "openvino" not in default_backends("cuda")
+    assert not set(LEVERS) & set(default_backends("cuda"))  # the levers are named, never swept by default
 
 
-def test_cuda_graph_backend_refuses_the_cpu(trained):
-    with pytest.raises(DigitsError, match="cudagraph runs on cuda only"):
-        create_backend("cudagraph").load("lenet5", "cpu", checkpoint=trained)
+@pytest.mark.parametrize("backend", ["cudagraph", *LEVERS])
+def test_cuda_graph_backend_refuses_the_cpu(trained, backend):
+    with pytest.raises(DigitsError, match=f"{backend} runs on cuda only"):
+        create_backend(backend).load("lenet5", "cpu", checkpoint=trained)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_levers_and_tf32_sweep_on_the_gpu(trained, test_set):
+    """Each lever captures what it says and keeps FP32 parity; tf32 cells are judged by TF32's
+    own thresholds, TF32 is on only inside them, and the tf32 GEMM probe gives them a peak."""
+    x, y = test_set
+    backends = ["eager", "cudagraph", "cudagraph-autotune", "cudagraph-cl", "cudagraph-tuned"]
+    cfg = BenchConfig(models=["lenet5"], backends=backends, device="cuda", batch_sizes=[1, 256],
+                      checkpoint=str(trained), artifacts=str(trained), **{**QUICK, "precisions": ["fp32", "tf32"]})
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    report = run_bench(cfg, x, y)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == old
+    assert len(report["records"]) == len(backends) * 2 * 2
+    for r in report["records"]:
+        assert r["error"] is None and r["cell_parity"]["passed"] and r["parity"]["passed"], r
+        assert r["parity"]["thresholds"] == thresholds(r["precision"]), r
+        if r["backend"] != "eager":
+            s = r["settings"]
+            assert s["cudnn_benchmark"] == ("autotune" in r["backend"] or r["backend"] == "cudagraph-tuned"), r
+            assert s["channels_last"] == (r["backend"] in ("cudagraph-cl", "cudagraph-tuned")), r
+    assert {"fp32", "tf32"} <= set(report["environment"]["peak_gflops_by_precision"])
 
 
 @pytest.mark.cuda

@@ -123,6 +123,30 @@ def test_a_continental_1_gains_its_flag_and_base_and_nothing_else_does():
     assert (augment.draw(16, torch.Generator().manual_seed(0), continental=True)[:, augment.STYLE] > -1).all()
 
 
+def test_augmentation_reads_no_tensor_it_was_not_given():
+    """What the CUDA training graph captures: a tensor made outside the step (a module-level
+    kernel) would be copied to the GPU inside the capture, which CUDA refuses; an H200 run
+    failed so on the blur's 3x3 kernel. Every tensor an op reads must be an input or made here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x, labels = torch.rand(4, 1, 28, 28), torch.tensor([1, 7, 1, 0])
+    params = augment.draw(4, torch.Generator().manual_seed(0), continental=True)
+    known, strangers = {id(x), id(labels), id(params)}, []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            for a in torch.utils._pytree.tree_leaves((args, kwargs or {})):
+                if isinstance(a, torch.Tensor) and id(a) not in known:
+                    strangers.append((str(func), tuple(a.shape)))
+            out = func(*args, **(kwargs or {}))
+            known.update(id(t) for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    with Watch():
+        augment.apply(x, params, labels)
+    assert strangers == []
+
+
 def test_augmentation_is_drawn_from_its_generator():
     a = augment.draw(8, torch.Generator().manual_seed(3))
     assert torch.equal(a, augment.draw(8, torch.Generator().manual_seed(3))) and a.shape == (8, augment.PARAMS)

@@ -18,8 +18,12 @@ from digits.errors import DigitsError, UsageError
 from digits.export import artifact_name, export_model, read_exports, verify_path
 import digits.precision as precision_mod
 from digits.bench.probes import gemm_probes
+from digits.bench.timing import strict_fp32
+from digits.export.parity import compare_logits
+from digits.models import create_model
 from digits.precision import (
     Cpu,
+    Tf32,
     at_precision,
     cpu_features,
     int8_path,
@@ -101,7 +105,8 @@ def test_native_precisions_follow_the_flags_and_the_architecture(flags, arch, ex
     assert native_precisions("cpu", Cpu(arch, frozenset(flags.split()))) == expected
 
 
-@pytest.mark.parametrize("capability, expected", [((7, 5), ["fp32", "fp16"]), ((9, 0), ["fp32", "fp16", "bf16"])])
+@pytest.mark.parametrize("capability, expected", [((7, 5), ["fp32", "fp16"]),
+                                                     ((9, 0), ["fp32", "fp16", "bf16", "tf32"])])
 def test_native_precisions_on_cuda_follow_the_compute_capability(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
     assert native_precisions("cuda") == expected
@@ -123,6 +128,10 @@ def test_this_cpu_reads_the_first_flags_line(tmp_path):
     ("int8", dict(max_abs_diff=0.5, argmax_agreement=0.995, accuracy=0.9899, eager_accuracy=0.9920), False),
     ("bf16", dict(max_abs_diff=0.5, argmax_agreement=0.9949, accuracy=0.992, eager_accuracy=0.992), False),
     ("bf16", dict(max_abs_diff=0.5, argmax_agreement=0.999, accuracy=0.9942, eager_accuracy=0.992), False),
+    # tf32: looser than fp32 on logits, stricter than bf16 on predictions
+    ("tf32", dict(max_abs_diff=0.01, argmax_agreement=0.9995, accuracy=0.99, eager_accuracy=0.99), True),
+    ("tf32", dict(max_abs_diff=0.06, argmax_agreement=1.0, accuracy=0.99, eager_accuracy=0.99), False),
+    ("tf32", dict(max_abs_diff=0.01, argmax_agreement=0.998, accuracy=0.99, eager_accuracy=0.99), False),
 ])
 def test_parity_thresholds_per_precision(precision, figures, ok):
     assert passes(precision, **figures) is ok
@@ -243,6 +252,41 @@ def test_cli_int8_export_calibrates_and_reports(trained, fixture_root, tmp_path)
 
 
 # --------------------------------------------------------------------------- bench
+def test_compare_logits_holds_tf32_to_its_own_logit_threshold():
+    ref = torch.randn(100, 10) * 5
+    near, far = ref + 0.01, ref + 0.2  # the same predictions, logits 0.01 and 0.2 off
+    assert compare_logits(near, ref, "tf32")["passed"] and not compare_logits(near, ref, "fp32")["passed"]
+    assert not compare_logits(far, ref, "tf32")["passed"] and compare_logits(far, ref, "bf16")["passed"]
+
+
+def test_tf32_wrapper_turns_tf32_on_for_its_own_calls_only():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return x
+
+    with strict_fp32():
+        Tf32(Recorder())(torch.zeros(1))
+        after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    assert seen == [(True, True)] and after == (False, False)
+
+
+def test_tf32_is_refused_off_cuda(trained):
+    model = create_model("lenet5")
+    with pytest.raises(UsageError, match="tf32 is a CUDA precision"):
+        at_precision(model, "tf32")
+    with pytest.raises(UsageError, match="tf32 is a CUDA precision"):
+        BenchConfig(models=["lenet5"], backends=["eager"], precisions=["fp32", "tf32"]).validate()
+    result = runner.invoke(app, ["bench", "--precisions", "tf32", "--checkpoint", str(trained)])
+    assert result.exit_code == 2 and "tf32 is a CUDA precision" in result.output and "Traceback" not in result.output
+    # only backends that run the checkpoint itself have the switch; exports are left out, and said so
+    keep, left = pairs(BenchConfig(backends=["eager", "torchscript", "pt2"], precisions=["tf32"], device="cuda"))
+    assert keep == [("eager", "tf32")] and left == ["torchscript tf32: torchscript has no tf32 path",
+                                                      "pt2 tf32: pt2 has no tf32 path"]
+
+
 def test_sweep_pairs_leave_out_what_a_backend_cannot_run():
     cfg = BenchConfig(backends=["eager", "onnxruntime"], precisions=["fp32", "bf16", "int8"])
     keep, left = pairs(cfg)

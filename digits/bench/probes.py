@@ -110,7 +110,7 @@ def gemm_probes(device: str, threads: int, precisions: list[str], backends: list
     """``{name: (precision, build)}`` for every probe worth running for this sweep: only the
     ``precisions`` its cells run. ``build(n)`` makes the probe at size n (:func:`sized` picks n)."""
     makers: dict[str, tuple[str, Callable]] = {}
-    for p in ("fp32", "bf16", "fp16"):
+    for p in ("fp32", "tf32", "bf16", "fp16"):
         if p in precisions:
             makers["torch.mm" + ("" if p == "fp32" else f" {p}")] = (p, lambda n, p=p: matmul_probe(device, n=n, dtype=p))
     if device == "cpu":

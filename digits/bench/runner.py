@@ -68,6 +68,9 @@ class BenchConfig:
             raise UsageError("--warmup and --min-time must not be negative, and --rounds must be at least 1.")
         if self.precisions:
             resolve_precisions(self.precisions)  # an unknown precision is bad usage
+            if "tf32" in self.precisions and self.device != "cuda":
+                raise UsageError("tf32 is a CUDA precision (TF32 tensor cores): use --device cuda, "
+                                 "or leave it out of --precisions.")
 
     def resolved_precisions(self) -> list[str]:
         return resolve_precisions(self.precisions, self.device)

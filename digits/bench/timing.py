@@ -16,7 +16,6 @@ the raw samples in :func:`summarize`, and nowhere else.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import statistics
@@ -25,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from digits.precision import allow_tf32
 
 
 @dataclass
@@ -136,15 +137,21 @@ def harness_overhead_ms(device: str = "cpu") -> float:
 
 
 def matmul_probe(device: str = "cpu", n: int = 2048, dtype: str = "fp32"):  # sized by digits.bench.probes.sized
-    """``(call, flops)`` for one large ``torch.mm`` on ``device`` (fp32, bf16 or fp16).
+    """``(call, flops)`` for one large ``torch.mm`` on ``device`` (fp32, tf32, bf16 or fp16).
 
     It runs on the current ``torch.get_num_threads()``, so set threads first; time it
-    inside :func:`strict_fp32` so that CUDA's TF32 is off and the figure is true FP32.
+    inside :func:`strict_fp32` so that CUDA's TF32 is off and the figure is true FP32
+    (the tf32 probe turns it on for its own calls, as a tf32 cell does).
     """
     dev = torch.device(device)
-    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    kind = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     a = torch.randn(n, n, device=dev, dtype=kind)
     b = torch.randn(n, n, device=dev, dtype=kind)
+    if dtype == "tf32":
+        def call():
+            with allow_tf32(True):
+                return torch.mm(a, b)
+        return call, 2 * n ** 3
     return (lambda: torch.mm(a, b)), 2 * n ** 3
 
 
@@ -153,13 +160,8 @@ def gflops(flops: int, timing: Timing) -> float:
     return flops * timing.calls_per_second() / 1e9
 
 
-@contextlib.contextmanager
 def strict_fp32():
     """CUDA's TF32 off for matmuls and cuDNN convolutions (PyTorch turns it on for cuDNN by
-    default): an fp32 cell computes in FP32, and TF32 is not passed off as FP32."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    default): an fp32 cell computes in FP32, and TF32 is not passed off as FP32 (a tf32 cell
+    turns it on for its own calls: digits.precision.Tf32)."""
+    return allow_tf32(False)

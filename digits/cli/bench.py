@@ -33,11 +33,14 @@ def bench(
     backends: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated backends "
                                                  "(default: every installed one for the device: eager, torchscript, "
                                                  "onnxruntime, pt2, openvino on CPU; on CUDA no openvino, plus cudagraph, "
-                                                 "onnxruntime-cudagraph and tensorrt; also: compile).")] = None,
+                                                 "onnxruntime-cudagraph and tensorrt; also: compile, and the CUDA graph "
+                                                 "levers cudagraph-autotune, cudagraph-cl, cudagraph-tuned, "
+                                                 "cudagraph-compile).")] = None,
     device: Annotated[Device, typer.Option(help="cpu or cuda (auto picks cuda when available).")] = Device.cpu,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,128,256",
     precisions: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated precisions: fp32, bf16, "
-                                                   "fp16, int8 (default: fp32 + every one this device runs natively).")] = None,
+                                                   "fp16, int8, tf32 (CUDA) (default: fp32 + every one this device runs "
+                                                   "natively).")] = None,
     threads: Annotated[int | None, typer.Option(show_default=False,
                                                 help="Threads for torch and onnxruntime (default: all cores).")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up calls per cell, after the first call.")] = 10,

@@ -11,10 +11,12 @@ from digits.bench.backends.eager import Eager
 from digits.bench.backends.torchscript import TorchScript
 from digits.bench.backends.pt2 import Pt2
 from digits.bench.backends.compile import Compile
-from digits.bench.backends.cudagraph import CudaGraph
+from digits.bench.backends.cudagraph import (CudaGraph, CudaGraphAutotune, CudaGraphChannelsLast, CudaGraphCompile,
+                                             CudaGraphTuned)
 from digits.bench.backends.onnxruntime import OnnxRuntime
 from digits.bench.backends.ort_gpu import OnnxRuntimeCudaGraph, TensorRT
 from digits.bench.backends.openvino import OpenVino
 
-__all__ = ["Backend", "Compile", "CudaGraph", "Eager", "OnnxRuntime", "OnnxRuntimeCudaGraph", "OpenVino", "Pt2",
+__all__ = ["Backend", "Compile", "CudaGraph", "CudaGraphAutotune", "CudaGraphChannelsLast", "CudaGraphCompile",
+           "CudaGraphTuned", "Eager", "OnnxRuntime", "OnnxRuntimeCudaGraph", "OpenVino", "Pt2",
            "TensorRT", "TorchScript", "create_backend", "list_backends", "register_backend"]
