@@ -89,7 +89,8 @@ def _out() -> Path:
 
 def test(_args) -> None:
     with open(_out() / "pytest-gpu.txt", "w") as log:
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs"], env=_env(), cwd=ROOT,
+        # -v: a line per test as it ends, so a run cut off by the call's limit still names its failures
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-rs"], env=_env(), cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT).returncode
     print((_out() / "pytest-gpu.txt").read_text()[-3000:])
     sys.exit(rc)

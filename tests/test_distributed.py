@@ -253,7 +253,7 @@ def test_ddp_rules():
 
 # --------------------------------------------------------------------------- the CLI and torchrun
 def test_cli_exit_codes(monkeypatch, tmp_path):
-    args = ["train", "lenet5", "--data-dir", str(FIXTURE), "--out", str(tmp_path)]
+    args = ["train", "lenet5", "--device", "cpu", "--data-dir", str(FIXTURE), "--out", str(tmp_path)]
     r = CliRunner().invoke(cli, [*args, "--nproc", "2", "--batch-size", "63"])
     assert r.exit_code == 2 and "multiple of 2" in r.output and "Traceback" not in r.output
     monkeypatch.setenv("RANK", "0")
@@ -262,7 +262,8 @@ def test_cli_exit_codes(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-COMMON = ["lenet5", "--epochs", "2", "--batch-size", "64", "--threads", "1", "--data-dir", str(FIXTURE)]
+# --device cpu: compared with the CPU runs above (gloo); `auto` would pick a GPU where there is one
+COMMON = ["lenet5", "--epochs", "2", "--batch-size", "64", "--threads", "1", "--device", "cpu", "--data-dir", str(FIXTURE)]
 
 
 @pytest.mark.slow

@@ -67,7 +67,7 @@ def test_sigterm_to_digits_train_saves_state_exits_75_and_resume_finishes_identi
     env, wait = paused_run
     fixture = Path(__file__).parent / "data"
     args = ["train", "mlp", "--recipe", "fast", "--epochs", "3", "--batch-size", "64", "--threads", "1",
-            "--data-dir", str(fixture), "--out", str(tmp_path / "split")]
+            "--device", "cpu", "--data-dir", str(fixture), "--out", str(tmp_path / "split")]  # as `whole` below
     proc = subprocess.Popen([sys.executable, "-m", "digits", *args], env=env, stderr=subprocess.PIPE, text=True)
     wait(proc)  # the training loop has started
     proc.send_signal(signal.SIGTERM)
