@@ -11,8 +11,9 @@ where pip and MNIST are) prepares what travels:
     python3 scripts/gpu_session.py levers   # issue 29: the CUDA-graph levers x fp32/tf32/fp16 at batch 256
     python3 scripts/gpu_session.py levers --compile  # the same for cudagraph-compile (max-autotune)
 
-On the H200, `test` needs a call of its own (644 tests: over 330 s), `levers` with three
-processes over 230 s (one process: 35 s), `levers --compile` minutes per model.
+On the H200, `test` needs a call of its own (644 tests: over 330 s), `levers` with
+``--processes 3`` over 230 s (one process, the default: 35 s), `levers --compile` minutes
+per model. So: call 1 `test`; call 2 `levers`, `profile`, then whatever time is left.
 
 Each device stage writes under ``$OUT`` (what the device tool brings back): ``test`` its
 log, ``train`` train-cuda-<date>.json, ``bench`` the bench files. The checkpoints are the
@@ -171,7 +172,7 @@ def main() -> None:
     sub.add_parser("profile").set_defaults(run=profile)
     sub.add_parser("levers").set_defaults(run=levers)
     sub.choices["levers"].add_argument("--compile", action="store_true")
-    sub.choices["levers"].add_argument("--processes", type=int, default=3)
+    sub.choices["levers"].add_argument("--processes", type=int, default=1)  # 3: over 230 s there, a call of its own
     for stage in ("train", "bench", "levers"):  # --device cpu: a dry run of the stage's plumbing anywhere
         sub.choices[stage].add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
