@@ -63,7 +63,8 @@ def environment(cfg) -> dict:
         "round_spread": None,  # how much the machine's speed moved between rounds
         "harness_overhead_ms": harness_overhead_ms(cfg.device),
         "method": METHOD,
-        "tf32": False,  # the sweep runs inside strict_fp32(): fp32 cells are FP32 on CUDA too
+        "tf32": False,  # the sweep runs inside strict_fp32(): fp32 cells are FP32 on CUDA too (only a
+        # tf32 cell turns TF32 on, for its own calls: digits.precision.Tf32)
         "config": asdict(cfg),
     }
 
