@@ -23,7 +23,7 @@ from digits.bench.timing import Timing, measure, strict_fp32
 from digits.cores import release_memory, usable_cores
 from digits.errors import DigitsError, RuntimeMissing, UsageError
 from digits.models import list_models, model_info
-from digits.precision import resolve_precisions
+from digits.precision import check_tf32_device, resolve_precisions
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128, 256)
 
@@ -68,9 +68,8 @@ class BenchConfig:
             raise UsageError("--warmup and --min-time must not be negative, and --rounds must be at least 1.")
         if self.precisions:
             resolve_precisions(self.precisions)  # an unknown precision is bad usage
-            if "tf32" in self.precisions and self.device != "cuda":
-                raise UsageError("tf32 is a CUDA precision (TF32 tensor cores): use --device cuda, "
-                                 "or leave it out of --precisions.")
+            if "tf32" in self.precisions:
+                check_tf32_device(self.device)
 
     def resolved_precisions(self) -> list[str]:
         return resolve_precisions(self.precisions, self.device)

@@ -17,6 +17,8 @@ from digits.precision import at_precision, check_precision
 _BACKENDS: dict[str, type[Backend]] = {}
 
 
+# What a backend that runs the checkpoint itself can run: tf32 only there (digits.precision.at_precision),
+# since an export loaded from its file has no switch for it.
 CHECKPOINT_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
@@ -41,8 +43,6 @@ class Backend:
     default = True  # part of the default sweep
     devices: tuple[str, ...] = ("cpu", "cuda")
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")  # what it can run (digits.precision)
-    # tf32 only where the checkpoint itself runs (digits.precision.at_precision): an export
-    # loaded from its file has no switch for it.
     artifact_precisions: tuple[str, ...] | None = None  # precisions that have their own artifact file
 
     def __init__(self):
