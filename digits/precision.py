@@ -33,7 +33,7 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 FP32_THRESHOLDS = {"max_abs_diff": 1e-4, "argmax_agreement": 1.0}
 REDUCED_THRESHOLDS = {"accuracy_delta": 0.002, "argmax_agreement": 0.995}
 # TF32 rounds each product's inputs to 10 mantissa bits (FP32 accumulation): logits move by
-# ~1e-3 of their size (emulated on a CPU: <= 0.004 on the test set, every prediction kept),
+# ~1e-3 of their size (scripts/tf32_emulate.py: <= 0.004 on the test set, every prediction kept),
 # so it is held to 0.05 and to 99.9% of FP32's predictions.
 TF32_THRESHOLDS = {"max_abs_diff": 0.05, "argmax_agreement": 0.999}
 

@@ -455,3 +455,16 @@ print("survived", len(got))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "survived 1" in done.stdout, (done.returncode, done.stderr[-800:])
+
+
+def test_tf32_emulation_keeps_ten_mantissa_bits_rounding_to_nearest_even():
+    """scripts/tf32_emulate.py, the source of TF32_THRESHOLDS: it must round like TF32 does."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("tf32_emulate", Path(__file__).parent.parent / "scripts/tf32_emulate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ulp = 2.0 ** -10  # TF32's last mantissa bit at 1.0
+    x = torch.tensor([1 + ulp, 1 + ulp / 4, 1 + 3 * ulp / 4, 1 + ulp / 2, 1 + 3 * ulp / 2, -(1 + 3 * ulp / 4)])
+    assert mod.to_tf32(x).tolist() == [1 + ulp, 1.0, 1 + ulp, 1.0, 1 + 2 * ulp, -(1 + ulp)]  # ties go to even
