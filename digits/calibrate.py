@@ -48,8 +48,8 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = BINS) -> float:
     """Expected calibration error of ``probs`` [N, classes] against labels ``y``."""
-    conf, pred = probs.max(1)
-    right = (pred == y).double()
+    conf, pred = probs.detach().cpu().max(1)
+    right = (pred == y.detach().cpu()).double()  # labels may still sit on the training device
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     total = 0.0
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):

@@ -11,7 +11,8 @@ where pip and MNIST are) prepares what travels:
     python3 scripts/gpu_session.py levers   # issue 29: the CUDA-graph levers x fp32/tf32/fp16 at batch 256
     python3 scripts/gpu_session.py levers --compile  # the same for cudagraph-compile (max-autotune)
 
-On the H200, `test` needs a call of its own (644 tests: over 330 s), `levers` with
+On the H200, `test` needs a call of its own (on one process over 330 s; spread over 8-12
+pytest-xdist workers, carried by `pack`, 197-227 s), `levers` with
 ``--processes 3`` over 230 s (one process, the default: 35 s), `levers --compile` minutes
 per model. So: call 1 `test`; call 2 `levers`, `profile`, then whatever time is left.
 
@@ -43,6 +44,9 @@ MISSING_THERE = ["fastapi", "starlette", "pydantic", "pydantic-core", "annotated
 # Not carried, for size: opencv-python-headless (~50 MB; digits.locate needs it, so if the
 # device lacks it, carry it instead of artifacts/) and tritonclient[http] (test-only: the
 # KServe v2 tests skip without it).
+# Test-only, carried so the suite spreads over the device's 16 cores (one call's 10 minutes
+# did not hold the suite on one process there).
+TEST_ONLY = ["pytest-xdist", "execnet"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
 
@@ -61,7 +65,8 @@ def pack(_args) -> None:
     pins = [f"{name}=={metadata.version(name)}" for name in MISSING_THERE]
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp",
-                    *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(WHEELS), *pins], check=True)
+                    *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(WHEELS), *pins, *TEST_ONLY],
+                   check=True)
     print(f"packed {dest} and {WHEELS}; carry data, .whl and artifacts")
 
 
@@ -88,11 +93,15 @@ def _out() -> Path:
     return out
 
 
-def test(_args) -> None:
+def test(args) -> None:
+    env = _env()
+    has_xdist = subprocess.run([sys.executable, "-c", "import xdist"], env=env).returncode == 0
+    # loadfile: a file's tests share one worker, so its module fixtures are built once
+    spread = ["-n", str(args.workers), "--dist", "loadfile"] if has_xdist and args.workers > 1 else []
     with open(_out() / "pytest-gpu.txt", "w") as log:
         # -v: a line per test as it ends, so a run cut off by the call's limit still names its failures
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-rs"], env=_env(), cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-rs", "--durations=15", *spread], env=env,
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     print((_out() / "pytest-gpu.txt").read_text()[-3000:])
     sys.exit(rc)
 
@@ -166,6 +175,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="stage", required=True)
     sub.add_parser("pack").set_defaults(run=pack)
     sub.add_parser("test").set_defaults(run=test)
+    sub.choices["test"].add_argument("--workers", type=int, default=8)  # pytest-xdist processes, if carried
     sub.add_parser("train").add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     sub.choices["train"].set_defaults(run=train)
     sub.add_parser("bench").set_defaults(run=bench)
