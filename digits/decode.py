@@ -7,7 +7,8 @@
 - **Orientation**: a phone stores a portrait photo as landscape pixels plus an EXIF
   ``Orientation`` tag (6, 8 or 3) that every viewer applies; so do we
   (``ImageOps.exif_transpose``), so the digits and their boxes are where the user sees them.
-- **Size**: a large JPEG is decoded at reduced size (draft mode), and any large image is
+- **Size**: a large JPEG is decoded at reduced size (draft mode; also one with a second
+  picture, Pillow's "MPO", as phones store HDR gain maps and depth maps), and any large image is
   reduced to about ``DECODE_SIDE`` px before a float array exists: memory does not grow
   with megapixels.
 - **Modes**: 16-bit and 32-bit integer greyscale are scaled by their bit depth (or range), float
@@ -84,7 +85,8 @@ def _open(path: str | Path | bytes, max_pixels: int) -> Image.Image:
             if w * h > max_pixels:
                 raise TooLarge(f"{w}x{h} pixels ({w * h / 1e6:.1f} MP) is larger than the "
                                f"{max_pixels / 1e6:g} MP limit")
-            if max(w, h) > 2 * DECODE_SIDE and im.format == "JPEG":
+            # MPO: a JPEG with a second picture (a phone's HDR gain map or depth map); the first is the photo
+            if max(w, h) > 2 * DECODE_SIDE and im.format in ("JPEG", "MPO"):
                 f = DECODE_SIDE / max(w, h)
                 im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (max(1, int(w * f)), max(1, int(h * f))))
             im.load()  # a GIF's or TIFF's first frame

@@ -176,3 +176,27 @@ def test_a_truncated_file_is_an_image_error_not_unsupported():
     with pytest.raises(ImageError, match="cannot be read") as e:
         load_image(body)
     assert not isinstance(e.value, Unsupported)
+
+
+def test_a_jpeg_with_a_second_picture_is_decoded_small_and_upright_like_any_jpeg(monkeypatch):
+    """Phones store many photos as JPEGs with a second picture (an HDR gain map, a depth map, a
+    preview: the MP format), which Pillow opens as "MPO": its first picture is the photo, and
+    it is decoded at reduced size, as a plain JPEG is, not at full size and then shrunk."""
+    from PIL import JpegImagePlugin
+
+    asked = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: asked.append((self.format, size)) or draft(self, mode, size))
+    upright = drawn_seven((300, 300)).convert("RGB").resize((3200, 3200), Image.Resampling.BILINEAR)
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    buf = io.BytesIO()
+    upright.transpose(STORED[6]).save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (400, 400), "black")],
+                                      quality=95, exif=exif.tobytes())
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    gray, _ = load_image(buf.getvalue())
+    assert [f for f, _ in asked] == ["MPO"]  # decoded at reduced size
+    assert max(gray.shape) <= 1600
+    small = np.asarray(Image.fromarray((gray * 255).astype(np.uint8)).resize((300, 300)), np.float32) / 255
+    assert np.abs(small - _reference()).mean() < 0.05  # the first picture, upright (not the black second one)
