@@ -40,7 +40,8 @@ so a 1-px pen line survives):
    one digit here, and ``splits`` offers the other reading: as many digits as its width
    holds, each cut at the column with the least ink near its expected place (the vertical
    projection, as classic OCR segments touching characters), every piece at least half
-   the group's height. A wide 0 or 2 is one digit,
+   the group's height; never through a hole across most of the group's width (a wide 0's).
+   A wide 0 or 2 is one digit,
    so the choice is the model's, by which reading it is surer of (recognition-based
    segmentation: ``Found.read`` in digits.preprocess).
 
@@ -140,6 +141,8 @@ def _pieces(g: Group, labels: np.ndarray) -> list[Group]:
         c = np.arange(int(k * step - 0.35 * step), min(int(k * step + 0.35 * step) + 1, g.w))
         cuts.append(int(c[np.argmin(profile[c] + per_px * np.abs(c - k * step))]))
     cuts.append(g.w)
+    if _cuts_a_loop(own, cuts[1:-1]):
+        return []
     out = []
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         rows = np.flatnonzero(own[:, a:b].any(1))
@@ -149,6 +152,19 @@ def _pieces(g: Group, labels: np.ndarray) -> list[Group]:
     # every piece is a digit of the number, about as tall as the group: a flat sliver (the end of a
     # wide 7's bar, read as a "2") is no reading to offer
     return out if len(out) >= 2 and min(p.h for p in out) >= 0.5 * g.h else []
+
+
+def _cuts_a_loop(own: np.ndarray, cuts: list[int]) -> bool:
+    """Whether the group is one wide loop that a cut would run through: a wide 0, whose hole
+    spans most of its width. Two digits written touching can enclose a hole between them
+    too (a 3 meeting a 7's bar), but only a small part of their width."""
+    contours, hierarchy = cv2.findContours(own.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    H, W = own.shape
+    for c, (_, _, _, parent) in zip(contours, hierarchy[0] if hierarchy is not None else [], strict=False):
+        x, _, w, h = cv2.boundingRect(c)
+        if parent >= 0 and w >= 0.5 * W and h >= 0.25 * H and any(x + 0.15 * w < k < x + 0.85 * w for k in cuts):
+            return True
+    return False
 
 
 def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = False,
