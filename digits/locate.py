@@ -64,6 +64,7 @@ SPLIT_ASPECT = 1.15  # width / height above which a group of a number may be sev
 TINY_SPLIT_ASPECT = 0.95  # ...on a tiny canvas, where a digit is drawn to fill the height (digits.preprocess._split_wins)
 LINE_SPLIT = 1.4  # ...and, beside two or more other digits, at least this many times their median width
 DIGIT_ASPECT = 0.75  # a handwritten digit's typical width / height, to count the digits in a wide group
+FINE_BELOW = 24  # px: digits this short on the work copy of a shrunk image are looked for again at full size
 
 
 class TooSlow(ImageError):
@@ -167,12 +168,39 @@ def _cuts_a_loop(own: np.ndarray, cuts: list[int]) -> bool:
     return False
 
 
+def _refined(gray: np.ndarray, color: np.ndarray | None, chosen: list[Group], scale: float, single: bool,
+             deadline: float | None) -> Located | None:
+    """The digits ``chosen`` on the work copy, under ``FINE_BELOW`` px tall there (a number
+    written small on a page photographed whole), found again in the input around them (a
+    digit's height above and below, three to the sides, where the rest of a row may be):
+    a crop of the full-size image, worked at up to ``WORK_SIDE`` px like any image, where
+    the digits are drawn with many more pixels. None if it finds nothing there."""
+    h = float(np.median([gr.h for gr in chosen]))
+    H0, W0 = gray.shape
+    x0, x1 = (max(0, int((min(g.x0 for g in chosen) - 3 * h) / scale)),
+              min(W0, int(np.ceil((max(g.x1 for g in chosen) + 3 * h) / scale))))
+    y0, y1 = (max(0, int((min(g.y0 for g in chosen) - h) / scale)),
+              min(H0, int(np.ceil((max(g.y1 for g in chosen) + h) / scale))))
+    if max(x1 - x0, y1 - y0) > 0.8 * max(H0, W0):  # a row across the page: the crop would be shrunk as much
+        return None
+    fine = locate(gray[y0:y1, x0:x1], None if color is None else color[y0:y1, x0:x1], single=single,
+                  deadline=deadline, refine=False)
+    if not fine.boxes:
+        return None
+
+    def moved(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        return box[0] + x0, box[1] + y0, box[2] + x0, box[3] + y0
+    return Located([moved(b) for b in fine.boxes], fine.ink, fine.steps,
+                   {i: [(moved(b), ink) for b, ink in pieces] for i, pieces in fine.splits.items()}, fine.tiny)
+
+
 def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = False,
-           deadline: float | None = None) -> Located:
+           deadline: float | None = None, refine: bool = True) -> Located:
     """The digits in ``gray`` (float [H, W] in 0..1; ``color`` the same image as float RGB, if any).
 
     Returns them left to right (one with ``single``); none found is an empty list. Past
-    ``deadline`` (``time.monotonic()``) it gives up with :class:`TooSlow`."""
+    ``deadline`` (``time.monotonic()``) it gives up with :class:`TooSlow`. ``refine``: digits
+    found small in a large image are looked for again in the input around them (:func:`_refined`)."""
     H0, W0 = gray.shape
     g, c, scale = to_work(gray.astype(np.float32), None if color is None else color.astype(np.float32))
     side = max(g.shape)
@@ -203,6 +231,10 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     if best is None:
         return Located([], [], steps, tiny=tiny)
     chosen = [best] if single else _line_of(best, groups)
+    if refine and scale < 0.75 and float(np.median([gr.h for gr in chosen])) < FINE_BELOW:
+        fine = _refined(gray, color, chosen, scale, single, deadline)
+        if fine is not None:
+            return fine
 
     def cut(gr: Group) -> tuple[tuple[int, int, int, int], np.ndarray]:
         own = np.isin(labels[gr.y0:gr.y1, gr.x0:gr.x1], gr.labels)

@@ -72,21 +72,22 @@ def _ink_alpha(digit28: np.ndarray, height: int, rng: np.random.Generator) -> np
 def make_photo(digits28: list[np.ndarray], labels: list[int], rng: np.random.Generator,
                size: tuple[int, int] = (640, 480), gap: tuple[float, float] = (0.08, 0.35), *,
                ink_alpha: Callable | None = None, blur: tuple[float, float] = (0.3, 1.4), guides: int = 0,
-               shadow: float = 0.7, paper: str | None = None) -> Photo:
+               shadow: float = 0.7, paper: str | None = None, height: tuple[float, float] | None = None) -> Photo:
     """One photo of the given MNIST digits written left to right (one digit: a single digit),
     ``gap`` apart (in digit heights: a negative gap writes them touching or overlapping).
 
     Options for the kinds of digits.kinds: ``ink_alpha(i, height_px, rng)`` draws digit i's
     pen mask instead (a marker, a thin pen); ``blur`` is the range of the Gaussian sigma;
     ``guides`` faint pencil lines cross the written line; ``shadow`` is the chance of a soft
-    shadow over one side; ``paper`` picks one of PAPERS."""
+    shadow over one side; ``paper`` picks one of PAPERS; ``height`` is the range of the digits'
+    height over the page's (default 0.12-0.35 for one digit, 0.12-0.2 for a number)."""
     W, H = size
     paper = paper or str(rng.choice(PAPERS))
     pw, ph = int(W * rng.uniform(1.0, 1.25)), int(H * rng.uniform(1.0, 1.25))
     page = _paper(rng, ph, pw, paper)
     ink = np.array(list(INKS.values())[int(rng.integers(len(INKS)))], np.float32)
     n = len(digits28)
-    height = int(rng.uniform(0.12, 0.35 if n == 1 else 0.2) * ph)
+    height = int(rng.uniform(*(height or (0.12, 0.35 if n == 1 else 0.2))) * ph)
     draw_alpha = ink_alpha or (lambda i, h, rng: _ink_alpha(digits28[i], h, rng))
     alphas = [draw_alpha(i, int(height * rng.uniform(0.9, 1.1)), rng) for i in range(n)]
     gaps = [int(height * rng.uniform(*gap)) for _ in range(n)]
