@@ -46,16 +46,17 @@ class Group:
 
 
 def candidates(mask: np.ndarray, paper_border: bool = False,
-               light: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[Group]]:
+               light: np.ndarray | None = None, speck: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[Group]]:
     """Step 5: ``(labels, stats, groups)``: components that may be (part of) a digit, without
     specks, line remnants, sparse nets and (given ``light``, the image with ink dark on light)
     pieces of the page's edge, and without those touching the border (the table, a shadow's
     edge) unless nothing else is left, or ``paper_border`` says the image's edge is paper (a
-    tight crop: what it cuts is the subject). Raises :class:`TooCluttered` past the cap."""
+    tight crop: what it cuts is the subject). ``speck`` scales the size under which a mark is a
+    speck (below 1: small digits in a large photo). Raises :class:`TooCluttered` past the cap."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     H, W = mask.shape
     x, y, w, h, area = (stats[1:, k].astype(np.int64) for k in range(5))
-    keep = ~((area < 0.00015 * H * W) | (np.maximum(w, h) < 0.02 * max(H, W)))  # specks
+    keep = ~((area < 0.00015 * speck ** 2 * H * W) | (np.maximum(w, h) < 0.02 * speck * max(H, W)))  # specks
     keep &= ~((w > 5 * h) & (h < 0.05 * H))  # what is left of a line
     sparse = keep & (area < 0.04 * w * h)
     for i in np.flatnonzero(sparse)[:50]:  # a sparse net (grid remnants) has many holes; a thin-pen digit, 0 to 2

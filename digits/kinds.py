@@ -12,7 +12,7 @@ photos (MNIST test digits as ink on paper, digits.synth):
     long_row         8-12 spaced digits across a wide photo, under a hand's shadow
     exif_rotated     a photo stored as a phone stores a portrait one (EXIF orientation 6, 8, 3)
     scan_16bit       a flat 16-bit greyscale scan of a digit on white paper
-    small_on_page    a number written small (3-5% of the frame's height) on a page photographed whole, 8 MP
+    small_on_page    a number written small (2-5% of the frame's height) on a page photographed whole, 8 MP
 drawings (pen strokes, digits.strokes):
     page_style       the page's canvas: 280x280, a 10-25 px pen
     thin_mouse       a 1-2 px mouse line on a 1280x1280 canvas
@@ -115,7 +115,7 @@ def long_row(src: Source, rng) -> Made:
 
 def small_on_page(src: Source, rng) -> Made:
     ds, ls = src.pick(rng, int(rng.integers(1, 4)))
-    p = make_photo(ds, ls, rng, size=(3264, 2448), height=(0.03, 0.05))  # an 8 MP phone photo
+    p = make_photo(ds, ls, rng, size=(3264, 2448), height=(0.02, 0.05))  # an 8 MP phone photo
     return p.jpeg, p.label
 
 

@@ -32,7 +32,12 @@ so a 1-px pen line survives):
 7. **choice**: each group is scored by how much it looks like a handwritten digit (size in
    the image, aspect, ink density, closeness to the centre); the best one is the digit, and
    groups of a similar height on the same line are the rest of a number, followed from
-   neighbour to neighbour (a long row photographed at a tilt);
+   neighbour to neighbour (a long row photographed at a tilt). **Small digits in a large
+   image** (a number written small on a page photographed whole): when a shrunk image
+   leaves nothing, only the table past the page's edge, or digits under ``FINE_BELOW`` px,
+   steps 5-7 run again with the speck limit ``SMALL_SPECK`` times as low; digits still
+   under ``FINE_BELOW`` px are then looked for again, steps 2-8, in a crop of the input
+   around them (:func:`_refined`), where they have several times the pixels;
 8. **touching digits** (numbers only): a group wider than ``SPLIT_ASPECT`` times its height
    (``TINY_SPLIT_ASPECT`` on a tiny canvas) may be several digits written touching; in a
    row beside two or more others, only if it is also ``LINE_SPLIT`` times as wide as their
@@ -65,6 +70,7 @@ TINY_SPLIT_ASPECT = 0.95  # ...on a tiny canvas, where a digit is drawn to fill 
 LINE_SPLIT = 1.4  # ...and, beside two or more other digits, at least this many times their median width
 DIGIT_ASPECT = 0.75  # a handwritten digit's typical width / height, to count the digits in a wide group
 FINE_BELOW = 24  # px: digits this short on the work copy of a shrunk image are looked for again at full size
+SMALL_SPECK = 0.6  # ...and first searched for with the speck limit of digits.grouping.candidates this much lower
 
 
 class TooSlow(ImageError):
@@ -168,6 +174,10 @@ def _cuts_a_loop(own: np.ndarray, cuts: list[int]) -> bool:
     return False
 
 
+def _median_h(groups: list[Group]) -> float:
+    return float(np.median([g.h for g in groups])) if groups else 0.0
+
+
 def _refined(gray: np.ndarray, color: np.ndarray | None, chosen: list[Group], scale: float, single: bool,
              deadline: float | None) -> Located | None:
     """The digits ``chosen`` on the work copy, under ``FINE_BELOW`` px tall there (a number
@@ -175,7 +185,7 @@ def _refined(gray: np.ndarray, color: np.ndarray | None, chosen: list[Group], sc
     digit's height above and below, three to the sides, where the rest of a row may be):
     a crop of the full-size image, worked at up to ``WORK_SIDE`` px like any image, where
     the digits are drawn with many more pixels. None if it finds nothing there."""
-    h = float(np.median([gr.h for gr in chosen]))
+    h = _median_h(chosen)
     H0, W0 = gray.shape
     x0, x1 = (max(0, int((min(g.x0 for g in chosen) - 3 * h) / scale)),
               min(W0, int(np.ceil((max(g.x1 for g in chosen) + 3 * h) / scale))))
@@ -207,31 +217,44 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     # The closing must be wider than the pen's stroke but as narrow as possible to follow
     # shadows; stroke widths vary 20-fold between a ballpoint photo and a finger on a canvas,
     # so try a few widths and keep the one whose best digit candidate scores highest.
-    best_try = None
     light = g if np.median(g) >= 0.4 else 1 - g  # ink dark on light
     width = stroke_width(light)
     tiny = max(H0, W0) <= TINY_SIDE
     paper_border = tiny or edge_is_paper(light)  # a tiny canvas has no table around it
     closing = (side // 12) | 1 if width is None else int(np.clip(4 * width, 9, side // 6)) | 1
     # a tight crop's digit may be a fifth of the image wide: a closing as wide as a third follows it
+    inks = []
     for k in sorted({closing, side // 24, side // 12, side // 6} | ({side // 3} if paper_border else set())):
         _check(deadline)
         dark = ink_darkness(g, c, k=k)
-        mask = ink_mask(dark, crop=paper_border)
-        labels, stats, cands = candidates(mask, paper_border, light)
-        groups = group(cands)
-        per_label = mean_darkness(dark, labels, len(stats))
-        scored = [(_score(gr, mask.shape, group_darkness(gr, per_label)), gr) for gr in groups]
-        top = max(scored, key=lambda t: t[0], default=(0.0, None))
-        if best_try is None or top[0] > best_try[0]:
-            best_try = (top[0], top[1], dark, mask, labels, groups)
+        inks.append((dark, ink_mask(dark, crop=paper_border)))
+
+    def search(speck: float):
+        best_try = None
+        for dark, mask in inks:
+            labels, stats, cands = candidates(mask, paper_border, light, speck)
+            groups = group(cands)
+            per_label = mean_darkness(dark, labels, len(stats))
+            scored = [(_score(gr, mask.shape, group_darkness(gr, per_label)), gr) for gr in groups]
+            top = max(scored, key=lambda t: t[0], default=(0.0, None))
+            if best_try is None or top[0] > best_try[0]:
+                best_try = (top[0], top[1], dark, mask, labels, groups)
+        score, best, dark, mask, labels, groups = best_try
+        return score, best, dark, mask, labels, [] if best is None else [best] if single else _line_of(best, groups)
+    score, best, dark, mask, labels, chosen = search(1.0)
+    shrunk = refine and scale < 0.75
+    # Digits written small in a large image may be under the speck limit, leaving nothing, or only
+    # the table past the page's edge (the last resort of step 5), or small digits: look below it then.
+    if shrunk and (best is None or best.edge and not paper_border or _median_h(chosen) < FINE_BELOW):
+        _check(deadline)
+        alt = search(SMALL_SPECK)
+        if alt[1] is not None and not (alt[1].edge and best is not None):
+            score, best, dark, mask, labels, chosen = alt
     _check(deadline)
-    _, best, dark, mask, labels, groups = best_try
     steps = {"flattened": (255 * (1 - dark)).astype(np.uint8), "mask": mask}
     if best is None:
         return Located([], [], steps, tiny=tiny)
-    chosen = [best] if single else _line_of(best, groups)
-    if refine and scale < 0.75 and float(np.median([gr.h for gr in chosen])) < FINE_BELOW:
+    if shrunk and _median_h(chosen) < FINE_BELOW:
         fine = _refined(gray, color, chosen, scale, single, deadline)
         if fine is not None:
             return fine

@@ -6,7 +6,7 @@ trained model: single digits right, whole numbers right, and how many digits wer
 Uses the checkpoints in artifacts/ (`digits train all`) through `digits predict`'s own path.
 Then ``--per-kind`` photos of each kind in digits.kinds (thin pens on large photos, blurred
 marker, pencil guide lines, tight crops, long rows, EXIF-rotated, 16-bit scans, small digits
-on a page photographed whole: also without the second look at full size) are made
+on a page photographed whole: also without the two steps for them) are made
 and read, right when the whole number is, beside the classifier's own share: the photos whose
 every digit the model reads right as the clean MNIST original it was written from. Then ``--touching`` numbers (seed
 ``--touching-seed``) are made on the fly the same way but
@@ -84,13 +84,15 @@ def main() -> None:
             row[f"{name}_found"] = sum(len(r.get("digits", [])) == len(p["label"]) for r, p in zip(res, touching, strict=True))
             row[f"{name}_total"] = len(touching)
         row["kinds"] = read_by_kind(kind_set, model, args.artifacts)
-        # small digits in a large photo, without the second look at full size (digits.locate._refined)
-        kept, digits.locate.FINE_BELOW = digits.locate.FINE_BELOW, 0
+        # small digits in a large photo as before their two steps: no search under the speck limit, no
+        # second look at full size (digits.locate: SMALL_SPECK, _refined)
+        kept = digits.locate.FINE_BELOW, digits.locate.SMALL_SPECK
+        digits.locate.FINE_BELOW, digits.locate.SMALL_SPECK = 0, 1.0
         try:
             row["small_on_page_unrefined"] = read_by_kind([m for m in kind_set if m["kind"] == "small_on_page"], model,
                                                           args.artifacts)["small_on_page"]
         finally:
-            digits.locate.FINE_BELOW = kept
+            digits.locate.FINE_BELOW, digits.locate.SMALL_SPECK = kept
         row["kinds_originals"] = originals_by_kind(kind_set, model, args.artifacts, arrays.test_images)
         rows.append(row)
         print(row)
@@ -111,7 +113,7 @@ def main() -> None:
            "| model | " + " | ".join(PHOTO_KINDS) + " |", "|---|" + "---:|" * len(PHOTO_KINDS)]
     md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][0]}/{r['kinds'][k][1]}" for k in PHOTO_KINDS) + " |"
            for r in rows]
-    md += ["", "small_on_page without the second look at full size (`digits.locate.FINE_BELOW` = 0): " +
+    md += ["", "small_on_page without its two steps (`digits.locate.SMALL_SPECK` = 1, `FINE_BELOW` = 0): " +
            ", ".join(f"{r['model']} {r['small_on_page_unrefined'][0]}/{r['small_on_page_unrefined'][1]}" for r in rows) + "."]
     md += ["", "The classifier's own share: photos all of whose digits the model reads right as the clean 28x28 MNIST "
            "originals they were written from (misses beyond it are preprocessing's; a digit redrawn through a photo can "
