@@ -239,17 +239,18 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
             top = max(scored, key=lambda t: t[0], default=(0.0, None))
             if best_try is None or top[0] > best_try[0]:
                 best_try = (top[0], top[1], dark, mask, labels, groups)
-        score, best, dark, mask, labels, groups = best_try
-        return score, best, dark, mask, labels, [] if best is None else [best] if single else _line_of(best, groups)
-    score, best, dark, mask, labels, chosen = search(1.0)
+        _, best, dark, mask, labels, groups = best_try
+        return best, dark, mask, labels, [] if best is None else [best] if single else _line_of(best, groups)
+    best, dark, mask, labels, chosen = search(1.0)
     shrunk = refine and scale < 0.75
-    # Digits written small in a large image may be under the speck limit, leaving nothing, or only
-    # the table past the page's edge (the last resort of step 5), or small digits: look below it then.
-    if shrunk and (best is None or best.edge and not paper_border or _median_h(chosen) < FINE_BELOW):
+    # Digits written small in a large image may be under the speck limit, leaving nothing (a median
+    # height of 0), or small digits, or only the table past the page's edge (step 5's last resort):
+    # look below it then.
+    if shrunk and (_median_h(chosen) < FINE_BELOW or best.edge and not paper_border):
         _check(deadline)
         alt = search(SMALL_SPECK)
-        if alt[1] is not None and not (alt[1].edge and best is not None):
-            score, best, dark, mask, labels, chosen = alt
+        if alt[0] is not None and not (alt[0].edge and best is not None):
+            best, dark, mask, labels, chosen = alt
     _check(deadline)
     steps = {"flattened": (255 * (1 - dark)).astype(np.uint8), "mask": mask}
     if best is None:

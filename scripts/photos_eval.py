@@ -23,6 +23,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 
@@ -74,25 +75,18 @@ def main() -> None:
             found = sum(len(r.get("digits", [])) == len(p["label"]) for r, p in zip(res, subset, strict=True))
             row[f"{name}_right"], row[f"{name}_found"], row[f"{name}_total"] = right, found, len(subset)
         for name, aspect in (("touching", digits.locate.SPLIT_ASPECT), ("touching_unsplit", math.inf)):
-            kept, digits.locate.SPLIT_ASPECT = digits.locate.SPLIT_ASPECT, aspect
-            try:
+            with patch.object(digits.locate, "SPLIT_ASPECT", aspect):
                 res = predict_files([p["file"] for p in touching], model=model, backend="eager",
                                     checkpoint=args.artifacts, artifacts=args.artifacts, unsure_below=0.0)
-            finally:
-                digits.locate.SPLIT_ASPECT = kept
             row[f"{name}_right"] = sum(r.get("number") == p["label"] for r, p in zip(res, touching, strict=True))
             row[f"{name}_found"] = sum(len(r.get("digits", [])) == len(p["label"]) for r, p in zip(res, touching, strict=True))
             row[f"{name}_total"] = len(touching)
         row["kinds"] = read_by_kind(kind_set, model, args.artifacts)
         # small digits in a large photo as before their two steps: no search under the speck limit, no
         # second look at full size (digits.locate: SMALL_SPECK, _refined)
-        kept = digits.locate.FINE_BELOW, digits.locate.SMALL_SPECK
-        digits.locate.FINE_BELOW, digits.locate.SMALL_SPECK = 0, 1.0
-        try:
+        with patch.multiple(digits.locate, FINE_BELOW=0, SMALL_SPECK=1.0):
             row["small_on_page_unrefined"] = read_by_kind([m for m in kind_set if m["kind"] == "small_on_page"], model,
                                                           args.artifacts)["small_on_page"]
-        finally:
-            digits.locate.FINE_BELOW, digits.locate.SMALL_SPECK = kept
         row["kinds_originals"] = originals_by_kind(kind_set, model, args.artifacts, arrays.test_images)
         rows.append(row)
         print(row)

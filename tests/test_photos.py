@@ -164,6 +164,22 @@ def _touching(n: int, seed: int) -> list:
     return photos
 
 
+def _small_number(images: np.ndarray, rng, *, side: int, at: tuple[int, int], gap: int, table: int = 0):
+    """A 4000x3000 page (noisy paper, ``table`` px of the table at its left) with 3 MNIST test
+    digits written ``side`` px large from ``at``, ``gap`` px apart: ``(page, indices, boxes)``."""
+    page = np.clip(rng.normal(0.9, 0.02, (3000, 4000)), 0, 1).astype(np.float32)
+    page[:, :table] = 0.35  # the table past the page's edge
+    (x, y), idx, truth = at, rng.integers(0, 1000, 3), []
+    for i in idx:
+        d = cv2.resize(images[i].astype(np.float32) / 255, (side, side))
+        ys, xs = np.nonzero(d > 0.1)
+        d = d[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        page[y:y + d.shape[0], x:x + d.shape[1]] *= 1 - 0.85 * d
+        truth.append((x, y, x + d.shape[1], y + d.shape[0]))
+        x += d.shape[1] + gap
+    return page, idx, truth
+
+
 def test_digits_written_small_in_a_large_photo_are_cut_from_the_full_size_image(fixture_root):
     """A number written small on a page photographed whole (110 px digits in 4000x3000: about 14
     px tall on the 512-px work copy) is found there, then looked for again in a crop of the
@@ -176,15 +192,7 @@ def test_digits_written_small_in_a_large_photo_are_cut_from_the_full_size_image(
     rng = np.random.default_rng(1)
     fine_err, coarse_err, placed = [], [], 0
     for _ in range(2):
-        page = np.clip(rng.normal(0.9, 0.02, (3000, 4000)), 0, 1).astype(np.float32)
-        idx, x, truth = rng.integers(0, 1000, 3), 1700, []
-        for i in idx:
-            d = cv2.resize(mnist.test_images[i].astype(np.float32) / 255, (110, 110), interpolation=cv2.INTER_LINEAR)
-            ys, xs = np.nonzero(d > 0.1)
-            d = d[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-            page[1400:1400 + d.shape[0], x:x + d.shape[1]] *= 1 - 0.85 * d
-            truth.append((x, 1400, x + d.shape[1], 1400 + d.shape[0]))
-            x += d.shape[1] + 35
+        page, idx, truth = _small_number(mnist.test_images, rng, side=110, at=(1700, 1400), gap=35)
         fine, coarse = locate(page), locate(page, refine=False)
         assert len(fine.boxes) == 3 and len(coarse.boxes) == 3
         placed += sum(_iou(a, b) >= 0.5 for a, b in zip(fine.boxes, truth, strict=True))
@@ -207,16 +215,7 @@ def test_digits_under_the_speck_limit_of_a_large_photo_are_still_found(fixture_r
     mnist = read_arrays(raw_dir(fixture_root))
     rng = np.random.default_rng(2)
     for _ in range(2):
-        page = np.clip(rng.normal(0.9, 0.02, (3000, 4000)), 0, 1).astype(np.float32)
-        page[:, :500] = 0.35  # the table past the page's edge
-        x, truth = 2000, []
-        for i in rng.integers(0, 1000, 3):
-            d = cv2.resize(mnist.test_images[i].astype(np.float32) / 255, (66, 66))
-            ys, xs = np.nonzero(d > 0.1)
-            d = d[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-            page[1500:1500 + d.shape[0], x:x + d.shape[1]] *= 1 - 0.85 * d
-            truth.append((x, 1500, x + d.shape[1], 1500 + d.shape[0]))
-            x += d.shape[1] + 22
+        page, _, truth = _small_number(mnist.test_images, rng, side=66, at=(2000, 1500), gap=22, table=500)
         found = locate(page).boxes
         assert len(found) == 3 and all(_iou(a, b) >= 0.5 for a, b in zip(found, truth, strict=True))
         with monkeypatch.context() as m:
