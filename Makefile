@@ -25,8 +25,16 @@ setup-gpu: setup
 run: setup
 	$(VENV)/bin/digits run
 
+# Two pytest-xdist workers (TEST_WORKERS=1: one process): much of the suite waits on
+# processes it starts (servers, torchrun ranks, a whole bench), which the other worker
+# overlaps. OpenMP threads sleep instead of spinning when idle: spinning, each worker's
+# torch threads took the cores from the other's work (2 workers on 2 cores: 222 s, 418 s of
+# CPU; passive: 180 s, 330 s; one process: 253 s).
+TEST_WORKERS ?= 2
+pytest = OMP_WAIT_POLICY=PASSIVE $(1) -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
+
 test: setup
-	$(PY) -m pytest -q
+	$(call pytest,$(PY))
 
 # The whole suite again, in a separate venv holding the lowest version pyproject.toml
 # allows of every runtime dependency (torch 2.6, onnxruntime 1.20, ...): the floors are
@@ -35,7 +43,7 @@ test: setup
 OLDEST ?= .venv-oldest
 
 test-oldest: $(OLDEST)/.installed
-	$(OLDEST)/bin/python -m pytest -q
+	$(call pytest,$(OLDEST)/bin/python)
 
 $(OLDEST)/.installed: pyproject.toml scripts/oldest_constraints.py
 	test -x $(OLDEST)/bin/python || python3 -m venv $(OLDEST)

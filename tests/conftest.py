@@ -149,12 +149,3 @@ def paused_run(tmp_path):
             time.sleep(0.05)
     return env, wait
 
-
-def pytest_collection_modifyitems(config, items):
-    """Tests that run torch.compile go last. Dynamo and inductor register operator objects in
-    TorchScript's builtin table by id(), and some are later freed: a new object that reuses
-    such an id is then taken for a builtin, and a torch.jit.script in the same process failed
-    with "builtin cannot be used as a value" (once in five full runs, exporting to TorchScript
-    after the compile cell). Users never script after compiling in one process."""
-    items.sort(key=lambda item: "compile" in getattr(item, "callspec", None).id.split("-")
-               if getattr(item, "callspec", None) else False)

@@ -56,6 +56,15 @@ class Server:
         self.loop.run_forever()
 
     def close(self):
+        # Connections still open are cancelled and closed on the running loop: left pending, they
+        # were closed by the garbage collector in a later test, after the loop was (a warning there).
+        async def cancel_handlers():
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_handlers(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
