@@ -49,7 +49,8 @@ def test_a_default_bench_of_one_model_fits_its_budget_and_names_the_fastest(lene
         stop.start()
         _, status, usage = os.wait4(proc.pid, 0)
         stop.cancel()
-        out.seek(0), err.seek(0)
+        out.seek(0)
+        err.seek(0)
         stdout, stderr = out.read(), err.read()
     peak_mib = usage.ru_maxrss / 1024
     assert os.waitstatus_to_exitcode(status) in (0, 1), stderr[-2000:]  # 1: a fixture model may miss a reduced parity
