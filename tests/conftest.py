@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
+from filelock import FileLock  # torch's own dependency
 
 FIXTURE_ROOT = Path(__file__).parent / "data"  # holds MNIST/raw/*.gz + digits-manifest.json
 
@@ -31,17 +34,41 @@ def splits():
     return load_splits(FIXTURE_ROOT, seed=0)
 
 
+def _built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills, made once per run. Under pytest-xdist each worker
+    is its own session, and built the same models again (~25 s of CPU each, on the two cores
+    the workers share): the first worker to need it builds it in the run's shared temp folder,
+    under a lock, and the others wait for it and use it. Tests copy a folder before damaging it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    root = tmp_path_factory.getbasetemp().parent  # one per run, shared by its workers
+    out = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (out / ".built").exists():
+            shutil.rmtree(out, ignore_errors=True)  # a worker that died half-way
+            out.mkdir()
+            build(out)
+            (out / ".built").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, splits) -> Path:
-    """Every registered model trained briefly on the fixture: an artifacts/ folder."""
+def trained(tmp_path_factory, splits, test_set) -> Path:
+    """Every registered model trained briefly on the fixture and exported to every format: an
+    artifacts/ folder (``exported`` holds the export records)."""
+    from digits.export import export_model, list_formats
     from digits.models import list_models
     from digits.train import resolve_config, train
 
-    out = tmp_path_factory.mktemp("artifacts")
-    for name in list_models():
-        # Explicit settings, so tuning a recipe cannot change what the fixture models look like.
-        train(resolve_config(name, "fast", epochs=3, batch_size=64, lr=3e-3, augment=False, threads=2), splits, out)
-    return out
+    def build(out: Path) -> None:
+        for name in list_models():
+            # Explicit settings, so tuning a recipe cannot change what the fixture models look like.
+            train(resolve_config(name, "fast", epochs=3, batch_size=64, lr=3e-3, augment=False, threads=2), splits, out)
+        records = [export_model(m, f, *test_set, checkpoint=out, out=out) for m in list_models() for f in list_formats()]
+        (out / "exported.json").write_text(json.dumps(records))
+    return _built_once(tmp_path_factory, "artifacts", build)
 
 
 @pytest.fixture(scope="session")
@@ -52,14 +79,9 @@ def test_set():
 
 
 @pytest.fixture(scope="session")
-def exported(trained, test_set) -> dict:
-    """(model, format) -> export record, for every model x format, exported once per session."""
-    from digits.export import export_model, list_formats
-    from digits.models import list_models
-
-    x, y = test_set
-    return {(m, f): export_model(m, f, x, y, checkpoint=trained, out=trained)
-            for m in list_models() for f in list_formats()}
+def exported(trained) -> dict:
+    """(model, format) -> export record, for every model x format, exported once per run."""
+    return {(r["model"], r["format"]): r for r in json.loads((trained / "exported.json").read_text())}
 
 
 @pytest.fixture(scope="session")
@@ -69,11 +91,11 @@ def served(tmp_path_factory, splits, test_set):
     from digits.models import list_models
     from digits.train import resolve_config, train
 
-    out = tmp_path_factory.mktemp("served")
-    for name in list_models():
-        train(resolve_config(name, "fast", epochs=15, batch_size=64, lr=3e-3, augment=True, threads=2), splits, out)
-        assert export_model(name, "onnx", *test_set, checkpoint=out, out=out)["passed"]
-    return out
+    def build(out: Path) -> None:
+        for name in list_models():
+            train(resolve_config(name, "fast", epochs=15, batch_size=64, lr=3e-3, augment=True, threads=2), splits, out)
+            assert export_model(name, "onnx", *test_set, checkpoint=out, out=out)["passed"]
+    return _built_once(tmp_path_factory, "served", build)
 
 
 def _unused_port() -> int:

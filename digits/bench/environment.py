@@ -61,7 +61,8 @@ def environment(cfg) -> dict:
         "gemm_precision": None,  # probe name -> its precision
         "probe_errors": errors,  # probe (or version query) -> why it failed (the sweep goes on without it)
         "round_spread": None,  # how much the machine's speed moved between rounds
-        "harness_overhead_ms": harness_overhead_ms(cfg.device),
+        # the timer's floor, measured within the time a cell gets (a quick sweep's --min-time 0: 2,000 calls)
+        "harness_overhead_ms": harness_overhead_ms(cfg.device, min_time=min(0.2, cfg.min_time)),
         "method": METHOD,
         "tf32": False,  # the sweep runs inside strict_fp32(): fp32 cells are FP32 on CUDA too (only a
         # tf32 cell turns TF32 on, for its own calls: digits.precision.Tf32)

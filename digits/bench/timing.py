@@ -131,9 +131,9 @@ def _measure(fn, sync, warmup, min_iters, min_time, max_iters, max_time) -> Timi
                   throughput_seconds=clock() - start, output=out)
 
 
-def harness_overhead_ms(device: str = "cpu") -> float:
+def harness_overhead_ms(device: str = "cpu", min_time: float = 0.2) -> float:
     """p50 of timing an empty call (plus the device sync): the floor under every latency this timer reports."""
-    return measure(lambda: None, device=device, warmup=100, min_iters=2000, min_time=0.2).stats.p50_ms
+    return measure(lambda: None, device=device, warmup=100, min_iters=2000, min_time=min_time).stats.p50_ms
 
 
 def matmul_probe(device: str = "cpu", n: int = 2048, dtype: str = "fp32"):  # sized by digits.bench.probes.sized
