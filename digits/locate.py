@@ -246,7 +246,7 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     # Digits written small in a large image may be under the speck limit, leaving nothing (a median
     # height of 0), or small digits, or only the table past the page's edge (step 5's last resort):
     # look below it then.
-    if shrunk and (_median_h(chosen) < FINE_BELOW or best.edge and not paper_border):
+    if shrunk and (best is None or _median_h(chosen) < FINE_BELOW or best.edge and not paper_border):
         _check(deadline)
         alt = search(SMALL_SPECK)
         if alt[0] is not None and not (alt[0].edge and best is not None):
