@@ -70,7 +70,10 @@ def candidates(mask: np.ndarray, paper_border: bool = False,
         raise TooCluttered(f"is too cluttered to find a digit in ({len(idx):,} separate marks, more than a photo of "
                            f"handwriting has: {MAX_CANDIDATES:,}); crop it to the digits")
     touches = (x <= 1) | (y <= 1) | (x + w >= W - 1) | (y + h >= H - 1)
-    frame = touches & (w >= 0.9 * W) & (h >= 0.9 * H)  # around a page or a canvas: never a digit
+    frame = touches & (w >= 0.9 * W) & (h >= 0.9 * H)  # around a page or a canvas: never a digit...
+    if paper_border:  # ...but in a tight crop a digit may fill the frame: a frame runs along all four
+        for i in np.flatnonzero(frame)[:10]:  # sides, and a net (graph paper filling the photo) has many holes
+            frame[i] = _along_every_side(labels, stats, i + 1) or _holes(labels, stats, i + 1) > 3
     groups = [_group_of(stats, i + 1, bool(touches[i])) for i in idx if not frame[i]]
     if paper_border:  # the photo's edge is paper: a mark it cuts is the crop's subject, not the table
         return labels, stats, groups
@@ -85,6 +88,15 @@ def _holes(labels: np.ndarray, stats: np.ndarray, label: int) -> int:
     own = (labels[y:y + h, x:x + w] == label).astype(np.uint8)
     _, hierarchy = cv2.findContours(own, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     return 0 if hierarchy is None else int((hierarchy[0][:, 3] >= 0).sum())
+
+
+def _along_every_side(labels: np.ndarray, stats: np.ndarray, label: int) -> bool:
+    """Whether a component runs along each side of its box for most of the side's length, as a
+    frame drawn around a canvas does; a digit filling a crop meets its box's sides at a few places."""
+    x, y, w, h = (int(v) for v in stats[label, :4])
+    own = labels[y:y + h, x:x + w] == label
+    b = max(2, min(w, h) // 20)
+    return min(own[:b].any(0).mean(), own[-b:].any(0).mean(), own[:, :b].any(1).mean(), own[:, -b:].any(1).mean()) > 0.6
 
 
 def _group_of(stats: np.ndarray, label: int, edge: bool = False) -> Group:

@@ -25,7 +25,8 @@ so a 1-px pen line survives):
    remnants, nets and pieces of the page's edge (a long thin mark with the table on one
    side); what touches the border (the table, a shadow's edge) only when nothing else is
    left, unless the image's edge is paper (a tight crop, or a canvas of at most
-   ``digits.ink.TINY_SIDE`` px: what it cuts is the subject); more than
+   ``digits.ink.TINY_SIDE`` px: what it cuts is the subject, and may fill the whole frame
+   both ways, unlike a frame drawn around a canvas, which runs along all four sides); more than
    ``digits.grouping.MAX_CANDIDATES`` is too cluttered to search;
 6. **grouping** (:mod:`digits.grouping`): components stacked above each other with overlapping
    columns are one digit (the detached bar of a 5, the open top of a 4);
@@ -93,17 +94,18 @@ class Located:
     tiny: bool = False  # the input is a canvas of at most digits.ink.TINY_SIDE px (MNIST's scale)
 
 
-def _score(g: Group, shape: tuple[int, int], darkness: float) -> float:
+def _score(g: Group, shape: tuple[int, int], darkness: float, crop: bool = False) -> float:
     """Step 7: how much a group looks like one handwritten digit (``darkness``: its mean ink
     darkness; a shadow's or page's edge is grey, a pen stroke is dark). A mark the border cuts
-    may fill the frame's height: it is a tight crop's subject."""
+    may fill the frame's height: it is a tight crop's subject; where the image's edge is paper
+    (``crop``), it may fill its width too."""
     H, W = shape
     size = g.h / H
     aspect = g.h / max(g.w, 1)
     density = g.area / max(g.w * g.h, 1)
     s = 1.0
     s *= np.clip(size / 0.06, 0, 1)  # not a speck
-    if not g.edge or g.w >= 0.85 * W:  # the whole frame's height is a digit only when a crop cut it so
+    if not g.edge or g.w >= 0.85 * W and not crop:  # the whole frame's height is a digit only when a crop cut it so
         s *= np.clip((0.95 - size) / 0.2, 0, 1)
     s *= 1.0 if 0.7 <= aspect <= 8 else 0.3  # digits are taller than wide ('1' very much so)
     s *= 1.0 if 0.06 <= density <= 0.7 else 0.4  # strokes, not a blob or a hairline
@@ -235,7 +237,7 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
             labels, stats, cands = candidates(mask, paper_border, light, speck)
             groups = group(cands)
             per_label = mean_darkness(dark, labels, len(stats))
-            scored = [(_score(gr, mask.shape, group_darkness(gr, per_label)), gr) for gr in groups]
+            scored = [(_score(gr, mask.shape, group_darkness(gr, per_label), paper_border), gr) for gr in groups]
             top = max(scored, key=lambda t: t[0], default=(0.0, None))
             if best_try is None or top[0] > best_try[0]:
                 best_try = (top[0], top[1], dark, mask, labels, groups)

@@ -2,6 +2,7 @@
 trained model: single digits right, whole numbers right, and how many digits were found.
 
     python scripts/photos_eval.py --out results        # -> results/photos-cpu-<date>.{json,md}
+    python scripts/photos_eval.py --per-kind 200 --kinds-seed 4 --tag heldout-seed4   # a seed no rule was tuned on
 
 Uses the checkpoints in artifacts/ (`digits train all`) through `digits predict`'s own path.
 Then ``--per-kind`` photos of each kind in digits.kinds (thin pens on large photos, blurred
@@ -21,6 +22,8 @@ import argparse
 import datetime as dt
 import json
 import math
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 from unittest.mock import patch
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=ROOT / "tests/data", help="MNIST root for the touching numbers")
     ap.add_argument("--per-kind", type=int, default=40, help="photos of each kind of digits.kinds, made on the fly")
     ap.add_argument("--kinds-seed", type=int, default=3)
+    ap.add_argument("--tag", default="", help="appended to the files' name: a second run of the day, e.g. a held-out seed")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     arrays = read_arrays(raw_dir(args.source))
@@ -91,8 +95,9 @@ def main() -> None:
         rows.append(row)
         print(row)
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(), **runtime_versions()}
-    stem = args.out / f"photos-cpu-{env['date'][:10]}"
-    atomic_write_json(stem.with_suffix(".json"), {"command": "python scripts/photos_eval.py", "environment": env,
+    stem = args.out / f"photos-cpu-{env['date'][:10]}{'-' + args.tag if args.tag else ''}"
+    command = shlex.join(["python", "scripts/photos_eval.py", *sys.argv[1:]])
+    atomic_write_json(stem.with_suffix(".json"), {"command": command, "environment": env,
                                                   "photos": str(args.photos.relative_to(ROOT)), "rows": rows})
     md = ["| model | single digits right | whole numbers right | numbers with every digit found | digits unsure (< 0.6) |"
           " touching numbers right (found) | the same without step 8 |",

@@ -322,3 +322,39 @@ def test_the_model_chooses_between_one_wide_digit_and_touching_digits():
     # the halves less sure than the whole: one digit
     boxes, _, _ = found.read(np.stack([np.array([3.0] + [0.0] * 9), unsure, unsure]))
     assert boxes == [(0, 0, 30, 10)]
+
+
+@pytest.mark.parametrize("digit", [0, 1, 2, 3, 4, 5, 6, 7, 9])
+def test_a_digit_filling_a_tight_crop_both_ways_is_the_subject(fixture_root, digit):
+    """A tight crop of a thick digit, 2 px of paper on three sides: it spans the whole frame
+    both ways, as a frame drawn around a canvas does, but meets the image's sides at a few
+    places only. It was dropped as such a frame, or scored as one: none of these nine was found
+    whole before. (This 8, its loops filled by the thick pen, still breaks at the threshold.)"""
+    from digits.data import raw_dir, read_arrays
+
+    mnist = read_arrays(raw_dir(fixture_root))
+    img = mnist.test_images[int(np.flatnonzero(mnist.test_labels == digit)[0])]
+    ink = cv2.dilate(cv2.resize(img, (112, 112), interpolation=cv2.INTER_LINEAR), np.ones((5, 5), np.uint8))
+    ys, xs = np.nonzero(ink > 128)
+    ink = ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
+    ink = np.pad(ink, ((0, 2), (2, 2)))  # a 2-px margin on three sides; the crop's top cuts at the ink
+    photo = 0.9 - 0.75 * ink  # dark ink on light paper
+    found = locate(photo)
+    assert len(found.boxes) == 1, found.boxes
+    x0, y0, x1, y1 = found.boxes[0]
+    assert x1 - x0 >= 0.9 * photo.shape[1] and y1 - y0 >= 0.9 * photo.shape[0]
+
+
+def test_graph_paper_filling_a_crop_is_never_the_digit():
+    """Where the image's edge is paper, a mark filling the frame both ways may be the digit
+    (above), but not a net: graph paper that fills the photo, left as one mesh by the threshold
+    and not running along every side, has many holes; a digit has two at most."""
+    from digits.grouping import candidates
+
+    mask = np.zeros((300, 400), np.uint8)
+    mask[5:260:10, :] = 255  # the ruling stops short of the bottom edge...
+    mask[:, ::10] = 255  # ...where only the vertical lines meet it
+    mask[95:205, 145:255] = 0
+    cv2.ellipse(mask, (200, 150), (30, 45), 0, 0, 360, 255, 6)  # a 0 in a clearing of the net
+    _, _, groups = candidates(mask, paper_border=True)
+    assert groups and all(g.w < 0.9 * 400 for g in groups)
