@@ -105,7 +105,7 @@ def _score(g: Group, shape: tuple[int, int], darkness: float, crop: bool = False
     density = g.area / max(g.w * g.h, 1)
     s = 1.0
     s *= np.clip(size / 0.06, 0, 1)  # not a speck
-    if not g.edge or g.w >= 0.85 * W and not crop:  # the whole frame's height is a digit only when a crop cut it so
+    if not g.edge or (g.w >= 0.85 * W and not crop):  # the whole frame's height is a digit only when a crop cut it so
         s *= np.clip((0.95 - size) / 0.2, 0, 1)
     s *= 1.0 if 0.7 <= aspect <= 8 else 0.3  # digits are taller than wide ('1' very much so)
     s *= 1.0 if 0.06 <= density <= 0.7 else 0.4  # strokes, not a blob or a hairline
@@ -245,9 +245,8 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
         return best, dark, mask, labels, [] if best is None else [best] if single else _line_of(best, groups)
     best, dark, mask, labels, chosen = search(1.0)
     shrunk = refine and scale < 0.75
-    # Digits written small in a large image may be under the speck limit, leaving nothing (a median
-    # height of 0), or small digits, or only the table past the page's edge (step 5's last resort):
-    # look below it then.
+    # Digits written small in a large image may be under the speck limit, leaving nothing, or small
+    # digits, or only the table past the page's edge (step 5's last resort): look below it then.
     if shrunk and (best is None or _median_h(chosen) < FINE_BELOW or best.edge and not paper_border):
         _check(deadline)
         alt = search(SMALL_SPECK)

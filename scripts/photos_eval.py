@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import re
 import shlex
 import sys
 import tempfile
@@ -56,6 +57,8 @@ def main() -> None:
     ap.add_argument("--kinds-seed", type=int, default=3)
     ap.add_argument("--tag", default="", help="appended to the files' name: a second run of the day, e.g. a held-out seed")
     args = ap.parse_args()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]*", args.tag) or args.tag.strip(".") != args.tag:
+        ap.error(f"--tag {args.tag!r} must be letters, digits, '_', '-' or '.' (it becomes part of a file name)")
     tmp = tempfile.TemporaryDirectory()
     arrays = read_arrays(raw_dir(args.source))
     touching = touching_numbers(arrays, args.touching, args.touching_seed, Path(tmp.name))
