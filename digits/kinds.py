@@ -175,15 +175,26 @@ def open_6(rng) -> Made:
 
 def tiny_two_digit(rng) -> Made:
     a, b = (int(v) for v in rng.integers(0, 10, 2))
-    canvas = np.zeros((112, 112), np.uint8)  # drawn at 4x, then stored at 28x28 as such a canvas does
-    x = int(rng.integers(4, 12))
-    for d in (a, b):  # the second digit starts 0-8 px (at 4x) after the first one's ink ends
+    inks = []
+    for d in (a, b):  # drawn at 4x, then stored at 28x28 as such a canvas does
         mask, _ = render(d, rng, 100, width_px=(6, 10))
         ys, xs = np.nonzero(mask)
-        ink = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1][:96, :112 - x]
-        y = (112 - ink.shape[0]) // 2
-        canvas[y:y + ink.shape[0], x:x + ink.shape[1]] = np.maximum(canvas[y:y + ink.shape[0], x:x + ink.shape[1]], ink)
-        x = min(100, x + ink.shape[1] + int(rng.integers(0, 9)))
+        inks.append(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+    gap = int(rng.integers(0, 9))  # the second digit starts 0-8 px (at 4x) after the first one's ink ends
+    h, w = max(i.shape[0] for i in inks), inks[0].shape[1] + gap + inks[1].shape[1]
+    row = np.zeros((h, w), np.uint8)
+    for ink, x in zip(inks, (0, inks[0].shape[1] + gap), strict=True):
+        y = (h - ink.shape[0]) // 2
+        row[y:y + ink.shape[0], x:x + ink.shape[1]] = np.maximum(row[y:y + ink.shape[0], x:x + ink.shape[1]], ink)
+    # both digits on the canvas, as a person draws them: 4-11 px from its left edge, and
+    # written smaller when they would not fit (a digit cut by the edge is no longer legible)
+    x = int(rng.integers(4, 12))
+    f = min(1.0, (108 - x) / w, 96 / h)
+    if f < 1:
+        row = cv2.resize(row, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((112, 112), np.uint8)
+    y = (112 - row.shape[0]) // 2
+    canvas[y:y + row.shape[0], x:x + row.shape[1]] = row
     buf = io.BytesIO()
     Image.fromarray(canvas).resize((28, 28), Image.Resampling.BOX).save(buf, "PNG")
     return buf.getvalue(), f"{a}{b}"
