@@ -34,7 +34,7 @@ class TrainConfig:
 
 RECIPES: dict[str, dict[str, dict]] = {
     "mlp": {
-        "default": dict(epochs=15, batch_size=256, lr=2e-3, augment=True, label_smoothing=0.1),
+        "default": dict(epochs=15, batch_size=256, lr=2e-3, augment=True, continental=True, label_smoothing=0.1),
         "fast": dict(epochs=2, batch_size=256, lr=2e-3, augment=False),
     },
     "cnn": {

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -72,9 +74,10 @@ def main() -> None:
             print(row, flush=True)
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(),
            "artifacts": str(args.artifacts), "per_digit": args.per_digit, "seed": args.seed}
+    command = shlex.join(["python", "scripts/canvas_eval.py", *sys.argv[1:]])  # as run, every option said
     md = [f"# Canvas drawings (digits.strokes), {env['date'][:10]}, {env['cpu']}", "",
-          f"`python scripts/canvas_eval.py --artifacts {args.artifacts} --per-digit {args.per_digit} --seed {args.seed}`: "
-          f"{args.per_digit * 10} pen-stroke drawings read through `digits predict` (one digit each).", "",
+          f"`{command}`: {args.per_digit * 10} pen-stroke drawings (seed {args.seed}) read through `digits predict` "
+          "(one digit each).", "",
           "| model | " + " | ".join(cases) + " | right per digit 0-9 |", "|---|" + "---:|" * len(cases) + "---|"]
     md += [f"| `{r['model']}` | " + " | ".join(f"{r[c][0]}/{r[c][1]}" for c in cases)
            + f" | {' '.join(map(str, r['per_digit']))} |" for r in rows]
@@ -83,7 +86,7 @@ def main() -> None:
     md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][0]}/{r['kinds'][k][1]}" for k in DRAWING_KINDS) + " |"
            for r in rows]
     stem = args.out / f"{args.name}-{env['date'][:10]}"
-    atomic_write_result(stem, {"command": "python scripts/canvas_eval.py", "environment": env, "rows": rows},
+    atomic_write_result(stem, {"command": command, "environment": env, "rows": rows},
                         "\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -3,6 +3,7 @@ trained model: single digits right, whole numbers right, and how many digits wer
 
     python scripts/photos_eval.py --out results        # -> results/photos-cpu-<date>.{json,md}
     python scripts/photos_eval.py --per-kind 200 --kinds-seed 4 --tag heldout-seed4   # a seed no rule was tuned on
+    python scripts/photos_eval.py --models mlp --artifacts /tmp/other --out /tmp/x    # one model, other checkpoints
 
 Uses the checkpoints in artifacts/ (`digits train all`) through `digits predict`'s own path.
 Then ``--per-kind`` photos of each kind in digits.kinds (thin pens on large photos, blurred
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=ROOT / "tests/data", help="MNIST root for the touching numbers")
     ap.add_argument("--per-kind", type=int, default=40, help="photos of each kind of digits.kinds, made on the fly")
     ap.add_argument("--kinds-seed", type=int, default=3)
+    ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
     ap.add_argument("--tag", default="", help="appended to the files' name: a second run of the day, e.g. a held-out seed")
     args = ap.parse_args()
     if not re.fullmatch(r"[A-Za-z0-9_.-]*", args.tag) or args.tag.strip(".") != args.tag:
@@ -70,7 +72,7 @@ def main() -> None:
     singles = [p for p in index if len(p["label"]) == 1]
     numbers = [p for p in index if len(p["label"]) > 1]
     rows = []
-    for model in list_models():
+    for model in args.models:
         row = {"model": model}
         for name, subset, single in (("single", singles, True), ("number", numbers, False)):
             # unsure_below=0: every digit answered, so "right" is the argmax's accuracy; "unsure" counts
