@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import shlex
 import sys
 import tempfile
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--name", default="canvas-cpu", help="file stem before the date")
     ap.add_argument("--per-kind", type=int, default=50, help="drawings of each kind of digits.kinds")
     args = ap.parse_args()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name) or args.name.strip(".") != args.name:
+        ap.error(f"--name {args.name!r} must be letters, digits, '_', '-' or '.' (it becomes a file name)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         made = drawings(args.per_digit, args.seed, Path(tmp))

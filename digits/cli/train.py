@@ -37,7 +37,7 @@ def train(
                                                  "(default: recipe).")] = None,
     continental: Annotated[bool | None, typer.Option("--continental/--no-continental", show_default=False,
                                                      help="With --augment, 1s gain a flag and a base serif "
-                                                     "(default: recipe: every default recipe).")] = None,
+                                                     "(default: on in every default recipe).")] = None,
     recipe: Annotated[Recipe, typer.Option(help="default: tuned for accuracy; fast: a few seconds.")] = Recipe.default,
     device: Annotated[Device, typer.Option(help="auto picks cuda when available.")] = Device.auto,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores; under DDP, the "
