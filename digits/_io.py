@@ -1,4 +1,4 @@
-"""The one atomic writer and the one sha256 helper.
+"""The one atomic writer, the one sha256 helper, and what a written file may be named.
 
 Every file digits writes goes through :func:`atomic_write`, so an interrupted run never
 leaves a half-written checkpoint, dataset or report behind: bytes go to a temp file in
@@ -11,11 +11,18 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+def plain_name(value: str, empty: bool = False) -> bool:
+    """Whether ``value`` can be (part of) a file name in the folder it is meant for: letters,
+    digits, '_', '-' and '.', not only dots (``../x`` would write beside it)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_.-]*", value)) and value.strip(".") == value and (empty or value != "")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from digits._io import atomic_write_result
-from digits.bench.environment import cpu_name
+from digits._io import atomic_write_result, plain_name
+from digits.bench.environment import command_line, cpu_name
 from digits.kinds import DRAWING_KINDS, make_set, read_by_kind
 from digits.models import list_models
 from digits.predict import predict_files
@@ -54,7 +51,7 @@ def main() -> None:
     ap.add_argument("--name", default="canvas-cpu", help="file stem before the date")
     ap.add_argument("--per-kind", type=int, default=50, help="drawings of each kind of digits.kinds")
     args = ap.parse_args()
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name) or args.name.strip(".") != args.name:
+    if not plain_name(args.name):
         ap.error(f"--name {args.name!r} must be letters, digits, '_', '-' or '.' (it becomes a file name)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +74,7 @@ def main() -> None:
             print(row, flush=True)
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(),
            "artifacts": str(args.artifacts), "per_digit": args.per_digit, "seed": args.seed}
-    command = shlex.join(["python", "scripts/canvas_eval.py", *sys.argv[1:]])  # as run, every option said
+    command = command_line()
     md = [f"# Canvas drawings (digits.strokes), {env['date'][:10]}, {env['cpu']}", "",
           f"`{command}`: {args.per_digit * 10} pen-stroke drawings (seed {args.seed}) read through `digits predict` "
           "(one digit each).", "",

@@ -23,9 +23,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import re
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 from unittest.mock import patch
@@ -34,8 +31,8 @@ import numpy as np
 
 import digits.locate
 
-from digits._io import atomic_write, atomic_write_json
-from digits.bench.environment import cpu_name
+from digits._io import atomic_write, atomic_write_json, plain_name
+from digits.bench.environment import command_line, cpu_name
 from digits.data import raw_dir, read_arrays
 from digits.export import runtime_versions
 from digits.kinds import PHOTO_KINDS, originals_by_kind, make_set, read_by_kind
@@ -59,7 +56,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
     ap.add_argument("--tag", default="", help="appended to the files' name: a second run of the day, e.g. a held-out seed")
     args = ap.parse_args()
-    if not re.fullmatch(r"[A-Za-z0-9_.-]*", args.tag) or args.tag.strip(".") != args.tag:
+    if not plain_name(args.tag, empty=True):
         ap.error(f"--tag {args.tag!r} must be letters, digits, '_', '-' or '.' (it becomes part of a file name)")
     tmp = tempfile.TemporaryDirectory()
     arrays = read_arrays(raw_dir(args.source))
@@ -101,7 +98,7 @@ def main() -> None:
         print(row)
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(), **runtime_versions()}
     stem = args.out / f"photos-cpu-{env['date'][:10]}{'-' + args.tag if args.tag else ''}"
-    command = shlex.join(["python", "scripts/photos_eval.py", *sys.argv[1:]])
+    command = command_line()
     atomic_write_json(stem.with_suffix(".json"), {"command": command, "environment": env,
                                                   "photos": str(args.photos.relative_to(ROOT)), "rows": rows})
     md = ["| model | single digits right | whole numbers right | numbers with every digit found | digits unsure (< 0.6) |"

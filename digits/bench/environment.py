@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +27,11 @@ METHOD = {  # what the timed figures mean (docs/bench.md), written into every re
     "efficiency": "throughput x 2 x MACs per image / the fastest GEMM probe of the cell's precision (probes timed the same way)",
     "parity": "every timed cell's own output (its last timed call, on real test images) against eager FP32 on the same images",
 }
+
+
+def command_line() -> str:
+    """How this script was run, every option as typed: what a result file says made it."""
+    return shlex.join(["python", f"scripts/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def cpu_name() -> str:
