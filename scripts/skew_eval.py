@@ -28,10 +28,12 @@ from digits._io import atomic_write_result
 from digits.bench.environment import command_line, cpu_name, runtime_versions
 from digits.checkpoint import load_checkpoint
 from digits.data import normalize, raw_dir, read_arrays
+from digits.errors import DigitsError
 from digits.models import list_models
 from digits.preprocess import normalize28, to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
+# what each row patches into digits.preprocess ("as committed" names a constant as it is: patch.multiple needs one)
 SETTINGS = {"as committed": {"CENTRE": digits.preprocess.CENTRE}, "before 2026-12-01": {"CENTRE": 13.5, "STROKE_SLACK": 0.0}}
 
 
@@ -59,7 +61,10 @@ def main() -> None:
     args = ap.parse_args()
     if any(s < 1 or s > 20 for s in args.scales):
         ap.error("--scales must be whole numbers from 1 to 20")
-    arrays = read_arrays(raw_dir(args.source))
+    try:
+        arrays = read_arrays(raw_dir(args.source))
+    except DigitsError as e:  # no MNIST there: say so, and how to get it (this script's option is --source)
+        ap.error(f"--source {args.source}: {e}")
     originals, labels = arrays.test_images, arrays.test_labels
     nets = {m: load_checkpoint(args.artifacts / m, m)[0].eval() for m in args.models}
 

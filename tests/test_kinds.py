@@ -222,3 +222,7 @@ def test_the_skew_script_measures_both_settings_on_real_digits(trained, fixture_
     assert abs(rows["before 2026-12-01"]["centre_of_mass"][0] - 13.5) < 0.15
     assert all(r["errors"]["lenet5"] < 300 for r in rows.values()), rows
     assert (tmp_path / made.with_suffix(".md").name).read_text().count("| before 2026-12-01 | 3x |") == 1
+    # no MNIST where --source points (a fresh clone has no data/): a usage error, not a traceback
+    bad = subprocess.run([sys.executable, str(script), "--source", str(tmp_path / "none"), "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "digits data" in bad.stderr, bad.stderr
