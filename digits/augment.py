@@ -66,14 +66,13 @@ def apply(x: torch.Tensor, params: torch.Tensor, labels: torch.Tensor | None = N
     """``x`` (normalized [n,1,28,28]) augmented by ``params`` from :func:`draw` (same device);
     with the ``labels``, 1s gain the continental style too."""
     n = x.shape[0]
-    if labels is not None:
+    if labels is not None and x.device.type == "cpu":  # only the 1s change: draw on them alone (5x faster;
+        ones = (labels == 1).nonzero()[:, 0]             # a shape that depends on the data: not in a CUDA graph)
+        x = x.index_put((ones,), continental_ones(x[ones], params[ones], labels[ones]))
+    elif labels is not None:
         x = continental_ones(x, params, labels)
-    theta = params[:, :6].reshape(n, 2, 3)
-    field = params[:, 6:THICK].reshape(n, 2, FIELD, FIELD)
     thick, blur = params[:, THICK], (params[:, BLUR] + 1) / 2
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    smooth = F.interpolate(field, size=x.shape[-2:], mode="bilinear", align_corners=True)
-    grid = grid + smooth.permute(0, 2, 3, 1) * (ELASTIC_PX / 14)
+    grid = _warp_grid(params[:, :6].reshape(n, 2, 3), params[:, 6:THICK].reshape(n, 2, FIELD, FIELD), *x.shape[-2:])
     # grid_sample pads with zeros: shift so that padding is the black background
     ink = F.grid_sample(x - BACKGROUND, grid, align_corners=False).clamp_min(0)
     fat = _max3(ink)
@@ -82,6 +81,27 @@ def apply(x: torch.Tensor, params: torch.Tensor, labels: torch.Tensor | None = N
     soft = _blur3(ink)
     w = ((blur - 0.6) / 0.4).clamp(0, 1)[:, None, None, None]  # 40% of images, each by its own amount
     return ink * (1 - w) + soft * w + BACKGROUND
+
+
+def _warp_grid(theta: torch.Tensor, field: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The sampling grid [n, h, w, 2] of the affine ``theta`` [n, 2, 3] plus the elastic ``field``
+    [n, 2, FIELD, FIELD] upsampled bilinearly (align_corners): what ``F.affine_grid`` and
+    ``F.interpolate`` give (to float rounding), as broadcast sums and two small matmuls,
+    4x faster on the CPU, where the augmentation was as long as an MLP's training step."""
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=theta.device, dtype=theta.dtype)  # pixel centres
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=theta.device, dtype=theta.dtype)
+    smooth = _upsampling(h, theta) @ field @ _upsampling(w, theta).T * (ELASTIC_PX / 14)  # [n, 2, h, w]
+    t = theta[:, :, :, None, None]
+    return (t[:, :, 0] * xs[None, None, None] + t[:, :, 1] * ys[None, None, :, None] + t[:, :, 2] + smooth).permute(0, 2, 3, 1)
+
+
+def _upsampling(size: int, like: torch.Tensor) -> torch.Tensor:
+    """[size, FIELD]: bilinear weights, align_corners, from FIELD points to ``size``."""
+    src = torch.arange(size, device=like.device, dtype=like.dtype) * ((FIELD - 1) / (size - 1))
+    lo = src.floor().clamp(max=FIELD - 2)
+    frac = (src - lo)[:, None]
+    cols = torch.arange(FIELD, device=like.device, dtype=like.dtype)[None]
+    return (cols == lo[:, None]) * (1 - frac) + (cols == lo[:, None] + 1) * frac
 
 
 def continental_ones(x: torch.Tensor, params: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -153,6 +153,31 @@ def test_a_continental_1_gains_its_flag_and_base_and_nothing_else_does():
     assert (augment.draw(16, torch.Generator().manual_seed(0), continental=True)[:, augment.STYLE] > -1).all()
 
 
+def test_the_fast_warp_is_affine_grid_and_interpolate():
+    """augment._warp_grid (broadcast sums, two small matmuls) against what torch builds the same
+    grid with: the affine warp's pixel centres (align_corners=False) plus the elastic field
+    upsampled bilinearly (align_corners=True)."""
+    import torch.nn.functional as F
+
+    p = augment.draw(64, torch.Generator().manual_seed(2))
+    theta, field = p[:, :6].reshape(64, 2, 3), p[:, 6:augment.THICK].reshape(64, 2, augment.FIELD, augment.FIELD)
+    want = F.affine_grid(theta, [64, 1, 28, 28], align_corners=False) + F.interpolate(
+        field, size=(28, 28), mode="bilinear", align_corners=True).permute(0, 2, 3, 1) * (augment.ELASTIC_PX / 14)
+    torch.testing.assert_close(augment._warp_grid(theta, field, 28, 28), want, atol=1e-6, rtol=0)
+
+
+def test_continental_ones_drawn_on_the_1s_alone_are_those_drawn_on_the_batch():
+    """On the CPU, apply draws the 1s' style on the 1s alone; the CUDA graph draws on the whole
+    batch (a fixed shape): both must give every image the same."""
+    x = torch.rand(64, 1, 28, 28) * 2.8 - 0.42
+    labels = torch.arange(64) % 10
+    p = augment.identity(64)
+    p[:, augment.STYLE:] = augment.draw(64, torch.Generator().manual_seed(3), continental=True)[:, augment.STYLE:]
+    whole = augment.continental_ones(x, p, labels)
+    assert (whole != x).any()  # some 1s gained a flag
+    torch.testing.assert_close(augment.apply(x, p, labels), augment.apply(whole, p), atol=1e-6, rtol=0)
+
+
 def test_augmentation_reads_no_tensor_it_was_not_given():
     """What the CUDA training graph captures: a tensor made outside the step (a module-level
     kernel) would be copied to the GPU inside the capture, which CUDA refuses; an H200 run

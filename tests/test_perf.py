@@ -52,3 +52,16 @@ def test_train_step(benchmark, model):
     benchmark(step)
     with torch.no_grad():  # a real step on this batch lowers its loss
         assert F.cross_entropy(net(x), y).item() < before
+
+
+@pytest.mark.benchmark(group="augment")
+def test_augmentation(benchmark):
+    """One training batch's augmentation on the CPU (digits.augment.apply, the 1s' style included):
+    in every default recipe's step, and as long as the MLP's forward and backward before 2026-12-01."""
+    from digits import augment
+
+    x = torch.rand(256, 1, 28, 28) * 2.8 - 0.42
+    labels = torch.arange(256) % 10
+    params = augment.draw(256, torch.Generator().manual_seed(0), continental=True)
+    out = benchmark(augment.apply, x, params, labels)
+    assert out.shape == x.shape and (out - x).abs().mean() > 0.05  # every image warped, not copied
