@@ -57,7 +57,7 @@ def test_train_step(benchmark, model):
 @pytest.mark.benchmark(group="augment")
 def test_augmentation(benchmark):
     """One training batch's augmentation on the CPU (digits.augment.apply, the 1s' style included):
-    in every default recipe's step, and as long as the MLP's forward and backward before 2026-12-01."""
+    in every default recipe's step, and over half as long as the MLP's forward and backward before 2026-12-01."""
     from digits import augment
 
     x = torch.rand(256, 1, 28, 28) * 2.8 - 0.42
