@@ -15,6 +15,7 @@ settings before 2026-12-01 (centre of mass at 13.5 px, every stroke width reshap
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 from pathlib import Path
 from unittest.mock import patch
@@ -33,8 +34,7 @@ from digits.models import list_models
 from digits.preprocess import normalize28, to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
-# what each row patches into digits.preprocess ("as committed" names a constant as it is: patch.multiple needs one)
-SETTINGS = {"as committed": {"CENTRE": digits.preprocess.CENTRE}, "before 2026-12-01": {"CENTRE": 13.5, "STROKE_SLACK": 0.0}}
+SETTINGS = {"as committed": {}, "before 2026-12-01": {"CENTRE": 13.5, "STROKE_SLACK": 0.0}}  # patched into digits.preprocess
 
 
 def written_large(images: np.ndarray, scale: int) -> np.ndarray:
@@ -61,6 +61,10 @@ def main() -> None:
     args = ap.parse_args()
     if any(s < 1 or s > 20 for s in args.scales):
         ap.error("--scales must be whole numbers from 1 to 20")
+    try:  # before half a minute of work, not after it
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {args.out}: cannot write there ({e.strerror})")
     try:
         arrays = read_arrays(raw_dir(args.source))
     except DigitsError as e:  # no MNIST there: say so, and how to get it (this script's option is --source)
@@ -74,7 +78,7 @@ def main() -> None:
     rows = [{"settings": "MNIST's own 28x28s", "scale": None, "errors": errors(normalize(originals)),
              "centre_of_mass": centre_of_mass(originals / 255.0)}]
     for name, changes in SETTINGS.items():
-        with patch.multiple(digits.preprocess, **changes):
+        with patch.multiple(digits.preprocess, **changes) if changes else contextlib.nullcontext():
             for scale in args.scales:
                 made = written_large(originals.astype(np.float32) / 255, scale)
                 x = torch.from_numpy(np.stack([normalize28(a) for a in made]))

@@ -251,3 +251,7 @@ def test_the_skew_script_measures_both_settings_on_real_digits(trained, fixture_
     bad = subprocess.run([sys.executable, str(script), "--source", str(tmp_path / "none"), "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "digits data" in bad.stderr, bad.stderr
+    (tmp_path / "file").write_text("")  # --out where no folder can be made: refused before the work
+    bad = subprocess.run([sys.executable, str(script), "--source", str(fixture_root), "--out", str(tmp_path / "file/sub")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "cannot write there" in bad.stderr, bad.stderr
