@@ -66,6 +66,17 @@ def atomic_write_result(stem: Path, payload: Any, markdown: str) -> list[Path]:
     return [atomic_write_json(stem.with_suffix(".json"), payload), atomic_write(stem.with_suffix(".md"), markdown)]
 
 
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why nothing can be written into ``folder`` (made if missing), or None when it can: a
+    script checks its output folder this way before its work, not after it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not every filesystem allows opening a folder.
     with contextlib.suppress(OSError):

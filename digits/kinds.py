@@ -224,10 +224,24 @@ def make_set(kinds: dict[str, Callable], per_kind: int, seed: int, folder, image
     return made
 
 
+def digits_right(read: str | None, label: str) -> int:
+    """The label's digits read right: its length less the edit distance from what was read (a
+    digit dropped, added or misread costs one), so a 10-digit row read with one digit missing
+    counts 9, not 0."""
+    read = read or ""
+    prev = list(range(len(read) + 1))
+    for i, want in enumerate(label, 1):
+        cur = [i]
+        for j, got in enumerate(read, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (want != got)))
+        prev = cur
+    return max(0, len(label) - prev[-1])
+
+
 def read_by_kind(made: list[dict], model: str, artifacts, *, single_digit_kinds=()) -> dict[str, list[int]]:
-    """``{kind: [right, total]}``: each file read by `digits predict`'s own path with ``model``'s
-    checkpoint (as a number; one digit for the ``single_digit_kinds``), right when the whole
-    label is read."""
+    """``{kind: [right, total, digits right, digits]}``: each file read by `digits predict`'s own
+    path with ``model``'s checkpoint (as a number; one digit for the ``single_digit_kinds``),
+    right when the whole label is read; digit by digit as :func:`digits_right` counts."""
     from digits.predict import predict_files
 
     out: dict[str, list[int]] = {}
@@ -239,9 +253,11 @@ def read_by_kind(made: list[dict], model: str, artifacts, *, single_digit_kinds=
                             artifacts=artifacts, single=single, unsure_below=0.0)
         for r, m in zip(res, part, strict=True):
             got = str(r.get("prediction")) if single else r.get("number")
-            row = out.setdefault(m["kind"], [0, 0])
+            row = out.setdefault(m["kind"], [0, 0, 0, 0])
             row[0] += got == m["label"]
             row[1] += 1
+            row[2] += digits_right(got, m["label"])
+            row[3] += len(m["label"])
     return out
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digits._io import atomic_write_result, plain_name
+from digits._io import atomic_write_result, plain_name, unwritable
 from digits.bench.environment import command_line, cpu_name
 from digits.kinds import DRAWING_KINDS, make_set, read_by_kind
 from digits.models import list_models
@@ -46,13 +46,15 @@ def main() -> None:
     ap.add_argument("--artifacts", type=Path, default=ROOT / "artifacts")
     ap.add_argument("--per-digit", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--models", nargs="+", default=list_models())
+    ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--name", default="canvas-cpu", help="file stem before the date")
     ap.add_argument("--per-kind", type=int, default=50, help="drawings of each kind of digits.kinds")
     args = ap.parse_args()
     if not plain_name(args.name):
         ap.error(f"--name {args.name!r} must be letters, digits, '_', '-' or '.' (it becomes a file name)")
+    if why := unwritable(args.out):  # before minutes of work, not after them
+        ap.error(f"--out {args.out}: cannot write there ({why})")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         made = drawings(args.per_digit, args.seed, Path(tmp))

@@ -31,9 +31,10 @@ import numpy as np
 
 import digits.locate
 
-from digits._io import atomic_write, atomic_write_json, plain_name
+from digits._io import atomic_write, atomic_write_json, plain_name, unwritable
 from digits.bench.environment import command_line, cpu_name
 from digits.data import raw_dir, read_arrays
+from digits.errors import DigitsError
 from digits.export import runtime_versions
 from digits.kinds import PHOTO_KINDS, originals_by_kind, make_set, read_by_kind
 from digits.models import list_models
@@ -50,7 +51,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--touching", type=int, default=60, help="numbers written touching, made on the fly")
     ap.add_argument("--touching-seed", type=int, default=2)
-    ap.add_argument("--source", type=Path, default=ROOT / "tests/data", help="MNIST root for the touching numbers")
+    ap.add_argument("--source", type=Path, default=ROOT / "tests/data",
+                    help="MNIST root the kinds and touching numbers are written from: tests/data, the 1,000 test digits "
+                         "of the fixture (repeated in 200 long rows), or data, all 10,000 (`digits data`)")
     ap.add_argument("--per-kind", type=int, default=40, help="photos of each kind of digits.kinds, made on the fly")
     ap.add_argument("--kinds-seed", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
@@ -58,8 +61,14 @@ def main() -> None:
     args = ap.parse_args()
     if not plain_name(args.tag, empty=True):
         ap.error(f"--tag {args.tag!r} must be letters, digits, '_', '-' or '.' (it becomes part of a file name)")
+    if why := unwritable(args.out):  # before minutes of work, not after them
+        ap.error(f"--out {args.out}: cannot write there ({why})")
+    try:
+        arrays = read_arrays(raw_dir(args.source))
+    except DigitsError as e:
+        ap.error(f"--source {args.source}: {e}")
     tmp = tempfile.TemporaryDirectory()
-    arrays = read_arrays(raw_dir(args.source))
+    source = args.source.resolve().relative_to(ROOT) if args.source.resolve().is_relative_to(ROOT) else args.source
     touching = touching_numbers(arrays, args.touching, args.touching_seed, Path(tmp.name))
     kinds_dir = Path(tmp.name) / "kinds"
     kinds_dir.mkdir()
@@ -108,11 +117,18 @@ def main() -> None:
            f"{r['number_found']}/{r['number_total']} | {r['single_unsure_digits'] + r['number_unsure_digits']} | "
            f"{r['touching_right']}/{r['touching_total']} ({r['touching_found']}) | "
            f"{r['touching_unsplit_right']}/{r['touching_total']} ({r['touching_unsplit_found']}) |" for r in rows]
-    md += ["", f"Touching numbers: {args.touching} numbers of 2-4 MNIST test digits from `{args.source.name}`, seed "
+    pool = f"{len(arrays.test_labels):,} in `{source}`"
+    md += ["", f"Touching numbers: {args.touching} numbers of 2-4 MNIST test digits ({pool}), seed "
            f"{args.touching_seed}, written {0.02:g}-{0.12:g} digit heights into each other (`--touching`)."]
-    md += ["", f"Kinds (digits.kinds, {args.per_kind} photos each, seed {args.kinds_seed}; the whole number right):", "",
+    md += ["", f"Kinds (digits.kinds, {args.per_kind} photos each, seed {args.kinds_seed}, written with the "
+           f"{len(arrays.test_labels):,} MNIST test digits in `{source}`; the whole number right):", "",
            "| model | " + " | ".join(PHOTO_KINDS) + " |", "|---|" + "---:|" * len(PHOTO_KINDS)]
     md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][0]}/{r['kinds'][k][1]}" for k in PHOTO_KINDS) + " |"
+           for r in rows]
+    md += ["", "The same, digit by digit (the label's digits less the edit distance from what was read: a digit dropped, "
+           "added or misread costs one):", "", "| model | " + " | ".join(PHOTO_KINDS) + " |",
+           "|---|" + "---:|" * len(PHOTO_KINDS)]
+    md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][2]}/{r['kinds'][k][3]}" for k in PHOTO_KINDS) + " |"
            for r in rows]
     md += ["", "small_on_page without its two steps (`digits.locate.SMALL_SPECK` = 1, `FINE_BELOW` = 0): " +
            ", ".join(f"{r['model']} {r['small_on_page_unrefined'][0]}/{r['small_on_page_unrefined'][1]}" for r in rows) + "."]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import digits.preprocess
-from digits._io import atomic_write_result
+from digits._io import atomic_write_result, unwritable
 from digits.bench.environment import command_line, cpu_name, runtime_versions
 from digits.checkpoint import load_checkpoint
 from digits.data import normalize, raw_dir, read_arrays
@@ -61,10 +61,8 @@ def main() -> None:
     args = ap.parse_args()
     if any(s < 1 or s > 20 for s in args.scales):
         ap.error("--scales must be whole numbers from 1 to 20")
-    try:  # before half a minute of work, not after it
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        ap.error(f"--out {args.out}: cannot write there ({e.strerror})")
+    if why := unwritable(args.out):  # before half a minute of work, not after it
+        ap.error(f"--out {args.out}: cannot write there ({why})")
     try:
         arrays = read_arrays(raw_dir(args.source))
     except DigitsError as e:  # no MNIST there: say so, and how to get it (this script's option is --source)

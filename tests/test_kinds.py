@@ -255,3 +255,30 @@ def test_the_skew_script_measures_both_settings_on_real_digits(trained, fixture_
     bad = subprocess.run([sys.executable, str(script), "--source", str(fixture_root), "--out", str(tmp_path / "file/sub")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "cannot write there" in bad.stderr, bad.stderr
+    for other in ("photos_eval.py", "canvas_eval.py"):  # the other evaluations refuse it before their work too
+        bad = subprocess.run([sys.executable, str(script.parent / other), "--out", str(tmp_path / "file/sub")],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and "cannot write there" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("read, label, right", [
+    ("1234567890", "1234567890", 10), ("123456789", "1234567890", 9),  # the last digit dropped: 9, not 0
+    ("1234567809", "1234567890", 8), ("12345678900", "1234567890", 9), ("x", "7", 0), (None, "12", 0),
+    ("9876", "12", 0),
+])
+def test_digits_right_counts_a_dropped_added_or_misread_digit_once(read, label, right):
+    from digits.kinds import digits_right
+
+    assert digits_right(read, label) == right
+
+
+def test_reading_by_kind_counts_whole_numbers_and_their_digits(monkeypatch, tmp_path):
+    import digits.predict
+    from digits.kinds import read_by_kind
+
+    made = [{"path": tmp_path / f"{i}.png", "label": lab, "kind": kind}
+            for i, (lab, kind) in enumerate([("1234", "row"), ("5678", "row"), ("3", "one"), ("4", "one")])]
+    said = {"0.png": "1234", "1.png": "568", "2.png": "3", "3.png": "9"}
+    monkeypatch.setattr(digits.predict, "predict_files", lambda paths, single, **kw: [
+        {"prediction": said[p.name]} if single else {"number": said[p.name]} for p in paths])
+    assert read_by_kind(made, "mlp", tmp_path, single_digit_kinds={"one"}) == {"one": [1, 2, 1, 2], "row": [1, 2, 7, 8]}
