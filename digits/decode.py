@@ -10,7 +10,8 @@
 - **Size**: a large JPEG is decoded at reduced size (draft mode; also one with a second
   picture, Pillow's "MPO", as phones store HDR gain maps and depth maps), and any large image is
   reduced to about ``DECODE_SIDE`` px before a float array exists: memory does not grow
-  with megapixels.
+  with megapixels. :func:`decode` says by how much, so that boxes found on the reduced copy
+  are given back in the pixels of the image the user sent (:meth:`Decoded.to_original`).
 - **Modes**: 16-bit and 32-bit integer greyscale are scaled by their bit depth (or range), float
   by its range, never clipped (a 16-bit scan at 1,000/65,535 is nearly black, not white);
   palette, bilevel, CMYK and YCbCr become RGB or L before any resize; alpha is composited on
@@ -20,6 +21,8 @@
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ MAX_PIXELS = 50_000_000  # anything larger is not a photo of one digit
 TIME_BUDGET_S = 2.0  # to find the digits in one image (digits.locate); a photo takes ~0.05 s
 DECODE_SIDE = 1024  # large photos are decoded at reduced size, to at least this longer side (locate works at 512;
 # a 1-px pen line must survive until it can be widened there: at 640, the JPEG decoder averaged it away)
+ORIENTATION = 0x0112  # the EXIF tag
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -48,14 +52,46 @@ class Unsupported(ImageError):
     """Not an image in one of :data:`FORMATS` (the server answers 415)."""
 
 
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class Decoded:
+    """An image as digits reads it: ``gray`` float32 [H, W] and, for a colour image, ``rgb``
+    float32 [H, W, 3] in 0..1, upright; ``size`` is the (width, height) of the upright image
+    as sent, which ``gray`` may be a reduced copy of."""
+
+    gray: np.ndarray
+    rgb: np.ndarray | None
+    size: tuple[int, int]
+
+    def to_original(self, box: Box | None) -> Box | None:
+        """A box (x0, y0, x1, y1) on ``gray`` in the pixels of the image as sent (the one the user sees)."""
+        if box is None:
+            return None
+        sx, sy = self.size[0] / self.gray.shape[1], self.size[1] / self.gray.shape[0]
+        return (int(box[0] * sx), int(box[1] * sy), min(self.size[0], math.ceil(box[2] * sx)),
+                min(self.size[1], math.ceil(box[3] * sy)))
+
+
+def decode(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Decoded:
+    """Any supported image (a file, or its bytes), upright, alpha flattened, large ones reduced."""
+    img, size = _open(path, max_pixels)
+    return Decoded(*_arrays(img), size)
+
+
 def load_gray(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any supported image (a file, or its bytes) as float32 [H, W] in 0..1, upright, alpha flattened."""
     return load_image(path, max_pixels)[0]
 
 
 def load_image(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(gray, rgb)``: float32 [H, W] and, for a colour image, float32 [H, W, 3] in 0..1, upright."""
-    img = _open(path, max_pixels)
+    """``(gray, rgb)``: float32 [H, W] and, for a colour image, float32 [H, W, 3] in 0..1, upright
+    (a large image reduced: :func:`decode` also gives its size as sent)."""
+    return _arrays(_open(path, max_pixels)[0])
+
+
+def _arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         return _flatten_alpha(np.asarray(img.convert("RGBA"), dtype=np.float32) / 255)
     if img.mode in ("RGB", "CMYK", "YCbCr", "P"):
@@ -66,8 +102,9 @@ def load_image(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[
     return _deep_gray(img), None
 
 
-def _open(path: str | Path | bytes, max_pixels: int) -> Image.Image:
-    """Decode, upright, and (large images) reduced: a PIL image of a mode ``load_image`` knows."""
+def _open(path: str | Path | bytes, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode, upright, and (large images) reduced: a PIL image of a mode ``load_image`` knows,
+    and the upright image's size before it was reduced."""
     if isinstance(path, bytes):
         if not path:
             raise ImageError("is empty")
@@ -90,6 +127,7 @@ def _open(path: str | Path | bytes, max_pixels: int) -> Image.Image:
                 f = DECODE_SIDE / max(w, h)
                 im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (max(1, int(w * f)), max(1, int(h * f))))
             im.load()  # a GIF's or TIFF's first frame
+            turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn: width and height swap
             img = ImageOps.exif_transpose(im)  # upright, as every viewer shows it (a copy)
         if (k := max(img.size) // DECODE_SIDE) >= 2:
             if img.mode in ("1", "P", "CMYK", "YCbCr", "PA"):  # reduce() cannot average these
@@ -104,7 +142,7 @@ def _open(path: str | Path | bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"refused as a decompression bomb ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return img
+    return img, ((h, w) if turned else (w, h))
 
 
 def _has_alpha(img: Image.Image) -> bool:

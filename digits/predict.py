@@ -22,7 +22,7 @@ from digits._io import atomic_write
 from digits.calibrate import UNSURE_BELOW, read_digits, temperature_of
 from digits.checkpoint import checkpoint_dir, read_manifest
 from digits.errors import DigitsError, UsageError
-from digits.decode import TIME_BUDGET_S, ImageError, load_image
+from digits.decode import TIME_BUDGET_S, ImageError, decode
 from digits.preprocess import Found, found_in, normalize28, preprocess_all
 
 
@@ -84,10 +84,10 @@ def predict_files(paths: list[str | os.PathLike], *, model: str = "lenet5", back
     for f in files:
         try:
             deadline = time.monotonic() + time_budget_s
-            gray, rgb = load_image(f)
-            digits, located = preprocess_all(gray, rgb, single=single, deadline=deadline)
+            image = decode(f)
+            digits, located = preprocess_all(image.gray, image.rgb, single=single, deadline=deadline)
             results.append({"path": str(f)})
-            found.append((results[-1], found_in(digits, located), located, gray))
+            found.append((results[-1], found_in(digits, located, image.to_original), located, image.gray))
         except ImageError as e:
             results.append({"path": str(f), "error": f"{f}: {e}"})
     if found:

@@ -9,6 +9,7 @@ small digit in a large photo, RGBA canvases, a frame line or a paper edge at the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -104,14 +105,17 @@ def _split_wins(whole: float, pieces: float, box: Box | None, tiny: bool) -> boo
     return whole < SURE_WHOLE and pieces > whole
 
 
-def found_in(digits: list[tuple[Box, np.ndarray]], located: Located) -> Found:
+def found_in(digits: list[tuple[Box, np.ndarray]], located: Located,
+             to_original: Callable[[Box], Box] = lambda box: box) -> Found:
+    """What :func:`preprocess_all` found, to read; ``to_original`` gives its boxes in the pixels
+    of the image as sent, where it was decoded reduced (digits.decode.Decoded.to_original)."""
     splits = {}
     for i, pieces in located.splits.items():
         try:
-            splits[i] = [(box, to_mnist(ink)) for box, ink in pieces]
+            splits[i] = [(to_original(box), to_mnist(ink)) for box, ink in pieces]
         except ImageError:  # a piece with hardly any ink: not a reading worth offering
             continue
-    return Found(list(digits), splits, located.tiny)
+    return Found([(to_original(box), img) for box, img in digits], splits, located.tiny)
 
 
 def to_mnist(ink: np.ndarray) -> np.ndarray:

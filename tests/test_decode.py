@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from digits.decode import ImageError, Unsupported, load_image
+from digits.decode import ImageError, Unsupported, decode, load_image
 from digits.preprocess import preprocess
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
@@ -46,6 +46,19 @@ def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 # --------------------------------------------------------------------------- orientation
+@pytest.mark.parametrize("orientation, size", [(1, (640, 480)), (1, (4000, 3000)), (6, (4000, 3000)), (3, (4000, 3000))])
+def test_decoding_says_the_size_as_sent_to_give_boxes_back_in_it(orientation, size):
+    """A large photo is read from a reduced copy; a box on that copy is given back in the pixels
+    of the picture as its viewer shows it (upright), so the whole copy is the whole picture."""
+    upright = drawn_seven((400, 300)).convert("RGB").resize(size)
+    image = decode(as_phone_stores_it(upright, orientation) if orientation != 1 else _encoded(upright, "JPEG"))
+    h, w = image.gray.shape
+    assert image.size == size and (w < size[0]) is (size[0] > 2000) and abs(w / h - size[0] / size[1]) < 0.01
+    assert image.to_original((0, 0, w, h)) == (0, 0, *size)
+    assert image.to_original((w // 4, h // 2, w // 2, h)) == (size[0] // 4, size[1] // 2, size[0] // 2, size[1])
+    assert image.to_original(None) is None
+
+
 @pytest.mark.parametrize("orientation", [6, 8, 3])
 def test_a_photo_tagged_with_its_orientation_is_read_upright(orientation):
     path, _ = _number_photo()

@@ -84,6 +84,28 @@ def test_a_large_photo_is_decoded_at_reduced_size_and_still_read(tmp_path):
     assert len(locate(gray, rgb).boxes) == len(p["label"])
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_boxes_on_a_large_photo_are_in_the_pixels_of_the_photo_as_sent(trained, tmp_path, orientation):
+    """A 12 MP phone photo is decoded at a quarter of its size; the boxes `digits predict` and the
+    server give back are in the photo's own pixels, upright (the drawing page draws them over
+    the photo as the browser shows it), not in the reduced copy's: they once landed at a quarter
+    of the way to the digits."""
+    from digits.serve.inputs import image_input
+
+    p = next(p for p in INDEX if len(p["label"]) == 3 and _located(p))
+    big = Image.open(PHOTOS / p["file"]).convert("RGB").resize((4032, 3024), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = big.transpose(Image.Transpose.ROTATE_90) if orientation == 6 else big  # a phone's portrait-held photo
+    stored.save(tmp_path / "phone.jpg", quality=90, exif=exif.tobytes())
+    f = 4032 / Image.open(PHOTOS / p["file"]).width
+    want = [[v * f for v in box] for box in p["boxes"]]
+    (read,) = predict_files([tmp_path / "phone.jpg"], model="mlp", backend="eager", checkpoint=trained, artifacts=trained)
+    assert [round(_iou(d["box"], w), 1) >= 0.5 for d, w in zip(read["digits"], want, strict=True)] == [True] * 3, read
+    served = image_input((tmp_path / "phone.jpg").read_bytes(), max_pixels=50_000_000)
+    assert [list(box) for box, _ in served.digits] == [d["box"] for d in read["digits"]]
+
+
 def test_cli_reads_a_number_and_single_reads_one_digit(trained, exported):
     p = next(p for p in INDEX if len(p["label"]) >= 3)
     args = ["predict", str(PHOTOS / p["file"]), "--checkpoint", str(trained), "--artifacts", str(trained), "--json"]

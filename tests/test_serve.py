@@ -272,13 +272,17 @@ def test_page_reads_a_number_in_a_photo_and_boxes_each_digit(page):
 
 
 def test_page_boxes_land_on_the_digits_of_a_photo_stored_sideways(page, tmp_path):
-    """A phone's portrait photo: landscape pixels plus EXIF orientation 6. The browser shows it
-    upright, so the server's boxes must be in the upright picture's pixels."""
+    """A phone's portrait photo: landscape pixels plus EXIF orientation 6, 12 MP. The browser shows
+    it upright and whole, so the server's boxes must be in the upright picture's own pixels (not
+    the reduced copy's it was read from)."""
     from PIL import Image
 
     photos = Path(__file__).parent / "data" / "photos"
     entry = next(p for p in json.loads((photos / "photos.json").read_text())["photos"] if len(p["label"]) == 3)
-    upright = Image.open(photos / entry["file"]).convert("RGB")
+    small = Image.open(photos / entry["file"]).convert("RGB")
+    upright = small.resize((4032, 3024), Image.Resampling.BICUBIC)  # 12 MP, as phones take them: decoded reduced
+    k = upright.width / small.width
+    boxes = [[(x0 - 25) * k, (y0 - 30) * k, (x1 + 25) * k, (y1 + 25) * k] for x0, y0, x1, y1 in entry["boxes"]]  # and labels
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated a quarter turn; viewers turn it back
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", quality=95, exif=exif.tobytes())
@@ -291,10 +295,9 @@ def test_page_boxes_land_on_the_digits_of_a_photo_stored_sideways(page, tmp_path
         let inside = 0, outside = 0;
         for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) { const i = 4 * (y * c.width + x);
           if (!(d[i] > 200 && d[i + 1] < 120 && d[i + 2] < 90)) continue;
-          const near = boxes.some(([x0, y0, x1, y1]) => x >= (x0 - 25) * s && x <= (x1 + 25) * s && y >= (y0 - 30) * s
-                                                       && y <= (y1 + 25) * s);
+          const near = boxes.some(([x0, y0, x1, y1]) => x >= x0 * s && x <= x1 * s && y >= y0 * s && y <= y1 * s);
           if (near) inside++; else outside++; }
-        return [c.width, c.height, inside, outside]; }""" % upright.width, entry["boxes"])
+        return [c.width, c.height, inside, outside]; }""" % upright.width, boxes)
     assert w > h  # shown upright (landscape), as the photo was taken
     assert inside > 100 and outside < 0.05 * inside  # the box strokes sit around the written digits
 

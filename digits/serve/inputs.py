@@ -105,12 +105,13 @@ def image_input(body: bytes, max_pixels: int, single: bool = False, budget_s: fl
     image whose search outlasts ``budget_s`` is a 422, and its decode slot is free again."""
     import time
 
-    from digits.decode import TIME_BUDGET_S, ImageError, TooLarge, Unsupported, load_image
+    from digits.decode import TIME_BUDGET_S, ImageError, TooLarge, Unsupported, decode
     from digits.preprocess import found_in, preprocess_all
 
     deadline = time.monotonic() + (TIME_BUDGET_S if budget_s is None else budget_s)
     try:
-        return found_in(*preprocess_all(*load_image(body, max_pixels=max_pixels), single=single, deadline=deadline))
+        image = decode(body, max_pixels=max_pixels)  # boxes are given back in the upload's own pixels
+        return found_in(*preprocess_all(image.gray, image.rgb, single=single, deadline=deadline), image.to_original)
     except TooLarge as e:
         raise ApiError(413, f"The image {e}.") from None
     except Unsupported as e:
