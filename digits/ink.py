@@ -19,6 +19,7 @@ from digits.ruling import crossings, ruled_lines
 
 WORK_SIDE = 512  # px: plenty for a few handwritten digits, and a few ms per step
 MIN_WORK_SIDE = 256  # smaller images are enlarged to this; between the two they are worked at their own size
+RED_LEAD = 1.15  # a pixel whose red leads green and blue this much more than the paper's is the margin line
 TINY_SIDE = 64  # px: an image this small is a canvas at MNIST's scale (a drawing app's 28x28), never a photo
 
 
@@ -57,8 +58,15 @@ def ink_darkness(gray: np.ndarray, color: np.ndarray | None = None, k: int | Non
     dark = np.clip(1.0 - g / np.maximum(background, 0.05), 0, 1)
     if color is not None:  # a red margin line is not ink: pen ink here is blue or black
         c = color.astype(np.float32)
-        red = (c[..., 0] - np.maximum(c[..., 1], c[..., 2])) > 0.12
-        dark[red] = 0
+        gb = np.maximum(c[..., 1], c[..., 2])
+        redder = c[..., 0] - gb
+        # in a shadow the line is as red but darker, so also by how much red leads, relative to
+        # the paper's own balance of red (a yellow note's is high); that way only where it is a
+        # thin line: a brown table is as red, and its edge along the page must stay whole
+        ratio = c[..., 0] / np.maximum(gb, 0.02)
+        lead = ((redder > 0.03) & (ratio > RED_LEAD * float(np.median(ratio[::8, ::8])))).astype(np.uint8)
+        wide = cv2.dilate(cv2.morphologyEx(lead, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)), np.ones((5, 5), np.uint8))
+        dark[(redder > 0.12) | ((lead > 0) & (wide == 0))] = 0
     return dark
 
 

@@ -16,7 +16,7 @@ so a 1-px pen line survives):
 4. **lines**: long thin horizontal and vertical runs (ruling, graph paper, the margin line,
    the page edge) found by openings with kernels a quarter of the image long are removed,
    and strokes they crossed are closed again; faint hairlines away from the strokes (pencil
-   guide lines) are dropped; reddish pixels (a margin line) are not ink. With a thin pen
+   guide lines) are dropped; reddish pixels (a margin line, also in a shadow) are not ink. With a thin pen
    (1-2 px strokes: a thin pen on a large photo, a mouse; judged on the marks clear of the
    border, not the table's edge) strokes are kept whole, not opened into pieces, gaps the
    threshold left in them are closed, and ruling at a tilt is found by a Hough transform,

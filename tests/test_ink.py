@@ -103,3 +103,30 @@ def test_on_a_tiny_canvas_ink_wider_than_tall_needs_near_certainty_to_stay_one_d
     assert read(tiny=True, box=(0, 0, 20, 24)) == 1  # taller than wide: the usual rule
     beside = Found([((0, 4, 27, 24), img), ((27, 4, 28, 24), img)], {0: [((0, 4, 13, 24), img), ((13, 4, 27, 24), img)]}, True)
     assert len(beside.read(np.stack([whole, whole, halves, halves]))[0]) == 2  # a round 6 beside an 8: the usual rule
+
+
+def test_a_red_margin_line_is_not_ink_in_a_shadow_and_a_brown_table_stays_as_it_was(monkeypatch):
+    """The margin line is dropped by its colour; under a hand's shadow it is as red but darker,
+    where red leading green and blue by a fixed amount missed it and it was read as a 1 (a
+    small_on_page photo). A brown table is as red, but wide: it is left as it was."""
+    import digits.ink
+    from digits.ink import ink_darkness
+
+    rgb = np.ones((H, W, 3), np.float32) * np.float32([0.95, 0.94, 0.93])  # paper
+    rgb[:, :60] = [0.50, 0.42, 0.33]  # a brown table past the page's edge, as red for its brightness as the line
+    rgb[:, 200] = 0.6 * rgb[:, 200] + 0.4 * np.float32([0.85, 0.35, 0.35])  # a faint 1-px margin line
+    cv2.line(rgb, (300, 100), (330, 250), (0.12, 0.18, 0.45), 2)  # a blue pen stroke
+    rgb[H // 2:] *= 0.45  # a shadow over the lower half
+    gray = rgb @ np.float32([0.299, 0.587, 0.114])
+    plain = ink_darkness(gray, None, k=21)
+    dark = ink_darkness(gray, rgb, k=21)
+    line = np.s_[:, 200]
+    assert plain[line][: H // 2 - 20].min() > 0.05 and plain[line][H // 2 + 20:].min() > 0.05  # as ink without colour
+    assert dark[line].max() == 0  # dropped, in the light and in the shadow
+    other = np.ones((H, W), bool)
+    other[:, 199:202] = False
+    assert np.array_equal(dark[other], plain[other])  # the table, the paper and the pen as they were
+    assert dark[175, 315] > 0.5
+    monkeypatch.setattr(digits.ink, "RED_LEAD", np.inf)  # by the difference alone: the shadowed line stays ink
+    before = ink_darkness(gray, rgb, k=21)
+    assert before[line][: H // 2 - 20].max() == 0 and before[line][H // 2 + 20:].min() > 0.05
