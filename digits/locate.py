@@ -224,9 +224,12 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     tiny = max(H0, W0) <= TINY_SIDE
     paper_border = tiny or edge_is_paper(light)  # a tiny canvas has no table around it
     closing = (side // 12) | 1 if width is None else int(np.clip(4 * width, 9, side // 6)) | 1
-    # a tight crop's digit may be a fifth of the image wide: a closing as wide as a third follows it
+    # a tight crop's digit may be a fifth of the image wide: a closing as wide as a third follows it;
+    # also where the image was not shrunk, as a crop's paper edge may lie in a shadow (not on a large
+    # photo: there it paints over a row's shadows and finds them instead)
+    widest = {side // 3} if paper_border or scale >= 0.75 else set()
     inks = []
-    for k in sorted({closing, side // 24, side // 12, side // 6} | ({side // 3} if paper_border else set())):
+    for k in sorted({closing, side // 24, side // 12, side // 6} | widest):
         _check(deadline)
         dark = ink_darkness(g, c, k=k)
         inks.append((dark, ink_mask(dark, crop=paper_border)))

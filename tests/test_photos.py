@@ -367,6 +367,30 @@ def test_a_digit_filling_a_tight_crop_both_ways_is_the_subject(fixture_root, dig
     assert x1 - x0 >= 0.9 * photo.shape[1] and y1 - y0 >= 0.9 * photo.shape[0]
 
 
+@pytest.mark.parametrize("digit", [2, 3, 5, 9])
+def test_a_thick_digit_in_a_tight_crop_half_in_shadow_is_found_whole(fixture_root, digit):
+    """A felt-tip digit cropped tight, a shadow over the crop's right part: the frame is no
+    longer all paper, so the crop was taken for a photo with a table around it, and no closing
+    tried was wider than the strokes; the flattened light kept only the digit's thin parts,
+    and a piece of it was read (a 3's right half as a 5). Where the image was not shrunk, the
+    widest closing is tried too."""
+    from digits.data import raw_dir, read_arrays
+    from digits.ink import paper_border
+
+    mnist = read_arrays(raw_dir(fixture_root))
+    img = mnist.test_images[int(np.flatnonzero(mnist.test_labels == digit)[0])]
+    ink = cv2.dilate(cv2.resize(img, (200, 200), interpolation=cv2.INTER_LINEAR), np.ones((15, 15), np.uint8))
+    ys, xs = np.nonzero(ink > 128)
+    ink = ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
+    ink = np.pad(ink, 12)
+    h, w = ink.shape
+    light = 1 - 0.5 / (1 + np.exp(-(np.arange(w) - 0.6 * w) / 6))  # a soft shadow's edge across the right part
+    photo = cv2.GaussianBlur((0.9 - 0.75 * ink) * light[None, :], (0, 0), 2).astype(np.float32)
+    assert not paper_border(photo)
+    (box,) = locate(photo).boxes
+    assert box[2] - box[0] >= 0.85 * (w - 24) and box[3] - box[1] >= 0.85 * (h - 24), (box, photo.shape)
+
+
 def test_graph_paper_filling_a_crop_is_never_the_digit():
     """Where the image's edge is paper, a mark filling the frame both ways may be the digit
     (above), but not a net: graph paper that fills the photo, left as one mesh by the threshold
