@@ -88,7 +88,8 @@ def load_gray(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndar
 def load_image(path: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
     """``(gray, rgb)``: float32 [H, W] and, for a colour image, float32 [H, W, 3] in 0..1, upright
     (a large image reduced: :func:`decode` also gives its size as sent)."""
-    return _arrays(_open(path, max_pixels)[0])
+    image = decode(path, max_pixels)
+    return image.gray, image.rgb
 
 
 def _arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

@@ -38,9 +38,11 @@ def to_work(gray: np.ndarray, color: np.ndarray | None = None) -> tuple[np.ndarr
     return gray, color, scale
 
 
-def ink_darkness(gray: np.ndarray, color: np.ndarray | None = None, k: int | None = None) -> np.ndarray:
+def ink_darkness(gray: np.ndarray, color: np.ndarray | None = None, k: int | None = None,
+                 red: np.ndarray | None = None) -> np.ndarray:
     """Steps 1-2 (and the colour rule of 4): float [H, W], 0 where background, up to 1 for ink.
-    ``k``: the closing's width in px (default: from the stroke width)."""
+    ``k``: the closing's width in px (default: from the stroke width); ``red``: :func:`margin_line`
+    of ``color``, when already known."""
     g = gray.astype(np.float32)
     if np.median(g) < 0.4:  # most of an image is background: bright strokes on a dark canvas (or MNIST)
         g = 1.0 - g
@@ -56,18 +58,25 @@ def ink_darkness(gray: np.ndarray, color: np.ndarray | None = None, k: int | Non
     if f > 1:
         background = cv2.resize(background, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_LINEAR)
     dark = np.clip(1.0 - g / np.maximum(background, 0.05), 0, 1)
-    if color is not None:  # a red margin line is not ink: pen ink here is blue or black
-        c = color.astype(np.float32)
-        gb = np.maximum(c[..., 1], c[..., 2])
-        redder = c[..., 0] - gb
-        # in a shadow the line is as red but darker, so also by how much red leads, relative to
-        # the paper's own balance of red (a yellow note's is high); that way only where it is a
-        # thin line: a brown table is as red, and its edge along the page must stay whole
-        ratio = c[..., 0] / np.maximum(gb, 0.02)
-        lead = ((redder > 0.03) & (ratio > RED_LEAD * float(np.median(ratio[::8, ::8])))).astype(np.uint8)
-        wide = cv2.dilate(cv2.morphologyEx(lead, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)), np.ones((5, 5), np.uint8))
-        dark[(redder > 0.12) | ((lead > 0) & (wide == 0))] = 0
+    red = margin_line(color) if red is None and color is not None else red
+    if red is not None:
+        dark[red] = 0
     return dark
+
+
+def margin_line(color: np.ndarray) -> np.ndarray:
+    """Where the red margin line is (bool [H, W]): not ink, as pen ink here is blue or black.
+    It depends on the colours alone, so a caller trying several closings computes it once."""
+    c = color.astype(np.float32)
+    gb = np.maximum(c[..., 1], c[..., 2])
+    redder = c[..., 0] - gb
+    # in a shadow the line is as red but darker, so also by how much red leads, relative to
+    # the paper's own balance of red (a yellow note's is high); that way only where it is a
+    # thin line: a brown table is as red, and its edge along the page must stay whole
+    ratio = c[..., 0] / np.maximum(gb, 0.02)
+    lead = ((redder > 0.03) & (ratio > RED_LEAD * float(np.median(ratio[::8, ::8])))).astype(np.uint8)
+    wide = cv2.dilate(cv2.morphologyEx(lead, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)), np.ones((5, 5), np.uint8))
+    return (redder > 0.12) | ((lead > 0) & (wide == 0))
 
 
 def _closing_size(g: np.ndarray, side: int) -> int:

@@ -64,7 +64,7 @@ import numpy as np
 
 from digits.decode import ImageError
 from digits.grouping import Group, candidates, group, group_darkness, mean_darkness
-from digits.ink import TINY_SIDE, ink_darkness, ink_mask, paper_border as edge_is_paper, stroke_width, to_work
+from digits.ink import TINY_SIDE, ink_darkness, ink_mask, margin_line, paper_border as edge_is_paper, stroke_width, to_work
 
 SPLIT_ASPECT = 1.15  # width / height above which a group of a number may be several touching digits
 TINY_SPLIT_ASPECT = 0.95  # ...on a tiny canvas, where a digit is drawn to fill the height (digits.preprocess._split_wins)
@@ -228,10 +228,10 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     # also where the image was not shrunk, as a crop's paper edge may lie in a shadow (not on a large
     # photo: there it paints over a row's shadows and finds them instead)
     widest = {side // 3} if paper_border or scale >= 0.75 else set()
-    inks = []
+    inks, red = [], None if c is None else margin_line(c)
     for k in sorted({closing, side // 24, side // 12, side // 6} | widest):
         _check(deadline)
-        dark = ink_darkness(g, c, k=k)
+        dark = ink_darkness(g, k=k, red=red)
         inks.append((dark, ink_mask(dark, crop=paper_border)))
 
     def search(speck: float):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from digits.data import MEAN, STD
-from digits.decode import TIME_BUDGET_S, ImageError, TooLarge, Unsupported, load_gray, load_image  # noqa: F401 (their old home)
+from digits.decode import TIME_BUDGET_S, Box, ImageError, TooLarge, Unsupported, load_gray, load_image  # noqa: F401 (their old home)
 from digits.locate import Located, locate
 
 TARGET_STROKE = 0.13  # MNIST stroke width / box side (about 2.6 px of 20)
@@ -50,8 +50,6 @@ def preprocess_all(gray: np.ndarray, color: np.ndarray | None = None, *, single:
         raise ImageError("blank image: no digit found (nothing with a digit's size, shape and contrast)")
     return [(box, to_mnist(ink)) for box, ink in zip(found.boxes, found.ink, strict=True)], found
 
-
-Box = tuple[int, int, int, int]
 
 
 @dataclass
