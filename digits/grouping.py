@@ -16,9 +16,11 @@ import cv2
 import numpy as np
 
 from digits.decode import ImageError
-from digits.ink import page_edge
+from digits.ink import ink_mask, page_edge
 
 MAX_CANDIDATES = 1500  # components that pass the speck and line filters; a handwritten page has far fewer
+FAINT = 0.6  # the threshold, times this, for a second look at fainter marks beside the digits found
+SEEDED = 0.1  # ...of whose ink at least this share was ink at the full threshold
 PAIR_CHUNK = 512  # rows of the pair comparison at a time: 512 x 1,500 booleans, not 1,500 x 1,500 floats
 
 
@@ -171,3 +173,30 @@ def group_darkness(g: Group, per_label: tuple[np.ndarray, np.ndarray]) -> float:
     means, counts = per_label
     c = counts[g.labels]
     return float((means[g.labels] * c).sum() / max(int(c.sum()), 1))
+
+
+def overlap(a: Group, b: Group) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def fainter(dark: np.ndarray, mask: np.ndarray, labels: np.ndarray, chosen: list[Group], paper_border: bool,
+            light: np.ndarray, speck: float = 1.0) -> tuple[np.ndarray, list[Group]]:
+    """Digits written more lightly than those ``chosen`` (a thin pen pressed lightly, one digit of
+    a number 1 px wide and the next 3): groups of the ink at ``FAINT`` times the threshold
+    that do not overlap ``chosen``. The threshold is set by the darkest strokes, so such a digit
+    leaves only a few pieces in ``mask``, too small to be one; a group is taken when at least
+    ``SEEDED`` of its ink is in ``mask`` (hysteresis, as Canny's edges): faint ruling and graph
+    paper, none of whose lines reach the threshold, are not. Returns ``labels`` with the new
+    groups' components added, and the new groups."""
+    low = ink_mask(dark, crop=paper_border, lower=FAINT)
+    low_labels, _, cands = candidates(low, paper_border, light, speck)
+
+    def seeded(g: Group) -> bool:
+        own = np.isin(low_labels[g.y0:g.y1, g.x0:g.x1], g.labels)
+        return float(np.mean(mask[g.y0:g.y1, g.x0:g.x1][own] > 0)) >= SEEDED
+    new = [g for g in group(cands) if not any(overlap(g, c) for c in chosen) and seeded(g)]
+    if not new:
+        return labels, []
+    off = int(labels.max()) + 1
+    labels = np.where(np.isin(low_labels, [lb for g in new for lb in g.labels]), low_labels + off, labels)
+    return labels, [Group(g.x0, g.y0, g.x1, g.y1, g.area, [lb + off for lb in g.labels], g.edge) for g in new]

@@ -107,12 +107,13 @@ def _otsu(values: np.ndarray) -> float:
     return float(edges[1:][np.argmax(between)])
 
 
-def ink_mask(dark: np.ndarray, crop: bool = False) -> np.ndarray:
+def ink_mask(dark: np.ndarray, crop: bool = False, lower: float = 1.0) -> np.ndarray:
     """Steps 3-4: the ink as a uint8 mask (255 = ink), without long lines. ``crop``: the image's
-    edge is paper (a tight crop), so a long thin mark may be the digit itself."""
+    edge is paper (a tight crop), so a long thin mark may be the digit itself. ``lower``
+    scales the threshold (below 1: fainter marks, digits.grouping.fainter)."""
     if dark.max() < 0.12:
         return np.zeros(dark.shape, np.uint8)
-    mask = (dark > max(0.5 * _otsu(dark / dark.max()) * dark.max(), 0.18)).astype(np.uint8) * 255
+    mask = (dark > lower * max(0.5 * _otsu(dark / dark.max()) * dark.max(), 0.18)).astype(np.uint8) * 255
     h, w = mask.shape
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     thin = _thin_strokes(mask, labels, stats)  # None: the pen's strokes are not 1-2 px here
@@ -165,8 +166,10 @@ def _thin_strokes(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> np
 
 def page_edge(light: np.ndarray, x: int, y: int, w: int, h: int, off: int = 4) -> bool:
     """Whether a long thin mark at box (x, y, w, h) divides paper from something much darker
-    (the table: the page's edge), from the median brightness ``off`` px to either side of it
-    across its length. A pen stroke has paper on both sides; a shadow's edge is soft, so a few
+    (the table: the page's edge), from the brightness ``off`` px to either side of it across
+    its length: the table is dark along all of it, so the side's upper quartile. A pen stroke
+    has paper on both sides (a felt tip's 5's bar may have its body's top stroke on one, but
+    not all along: by the median it was the page's edge); a shadow's edge is soft, so a few
     px apart it is nearly as bright."""
     H, W = light.shape
     if h >= w:
@@ -175,7 +178,7 @@ def page_edge(light: np.ndarray, x: int, y: int, w: int, h: int, off: int = 4) -
     else:
         a = light[max(0, y - off), x:x + w]
         b = light[min(H - 1, y + h - 1 + off), x:x + w]
-    sides = float(np.median(a)), float(np.median(b))
+    sides = float(np.percentile(a, 75)), float(np.percentile(b, 75))
     return min(sides) < 0.8 * max(sides)
 
 

@@ -33,7 +33,9 @@ so a 1-px pen line survives):
 7. **choice**: each group is scored by how much it looks like a handwritten digit (size in
    the image, aspect, ink density, closeness to the centre); the best one is the digit, and
    groups of a similar height on the same line are the rest of a number, followed from
-   neighbour to neighbour (a long row photographed at a tilt). **Small digits in a large
+   neighbour to neighbour (a long row photographed at a tilt); then once more with the
+   ink at a lower threshold, for a digit written more lightly than the rest of its number
+   (:func:`digits.grouping.fainter`). **Small digits in a large
    image** (a number written small on a page photographed whole): when a shrunk image
    leaves nothing, only the table past the page's edge, or digits under ``FINE_BELOW`` px,
    steps 5-7 run again with the speck limit ``SMALL_SPECK`` times as low; digits still
@@ -63,7 +65,7 @@ import cv2
 import numpy as np
 
 from digits.decode import ImageError
-from digits.grouping import Group, candidates, group, group_darkness, mean_darkness
+from digits.grouping import Group, candidates, fainter, group, group_darkness, mean_darkness, overlap
 from digits.ink import TINY_SIDE, ink_darkness, ink_mask, margin_line, paper_border as edge_is_paper, stroke_width, to_work
 
 SPLIT_ASPECT = 1.15  # width / height above which a group of a number may be several touching digits
@@ -245,8 +247,9 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
             if best_try is None or top[0] > best_try[0]:
                 best_try = (top[0], top[1], dark, mask, labels, groups)
         _, best, dark, mask, labels, groups = best_try
-        return best, dark, mask, labels, [] if best is None else [best] if single else _line_of(best, groups)
-    best, dark, mask, labels, chosen = search(1.0)
+        return best, dark, mask, labels, [] if best is None else [best] if single else _line_of(best, groups), groups
+    speck = 1.0
+    best, dark, mask, labels, chosen, groups = search(speck)
     shrunk = refine and scale < 0.75
     # Digits written small in a large image may be under the speck limit, leaving nothing, or small
     # digits, or only the table past the page's edge (step 5's last resort): look below it then.
@@ -254,11 +257,14 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
         _check(deadline)
         alt = search(SMALL_SPECK)
         if alt[0] is not None and not (alt[0].edge and best is not None):
-            best, dark, mask, labels, chosen = alt
+            (best, dark, mask, labels, chosen, groups), speck = alt, SMALL_SPECK
     _check(deadline)
     steps = {"flattened": (255 * (1 - dark)).astype(np.uint8), "mask": mask}
     if best is None:
         return Located([], [], steps, tiny=tiny)
+    if not single:  # a digit written more lightly than the rest of its number
+        labels, new = fainter(dark, mask, labels, chosen, paper_border, light, speck)
+        chosen = _line_of(best, [g for g in groups if not any(overlap(g, n) for n in new)] + new) if new else chosen
     if shrunk and _median_h(chosen) < FINE_BELOW:
         fine = _refined(gray, color, chosen, scale, single, deadline)
         if fine is not None:

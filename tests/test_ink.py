@@ -66,6 +66,18 @@ def test_the_page_edge_is_told_from_a_stroke_by_the_table_beside_it():
     assert not page_edge(soft, 298, 100, 3, 120)  # a 1 on a soft shadow's edge
 
 
+def test_a_felt_tip_5s_bar_over_its_body_is_no_page_edge():
+    """A 5's bar written apart from its body, a felt tip's: a few px below the bar lies the
+    body's top stroke, dark, along most but not all of the bar's length. It was taken for the
+    page's edge (the median of that side was ink) and dropped, and the 5 was read as a 0. The
+    table runs along all of the page's edge: it is judged on three quarters of the side."""
+    light = np.full((H, W), 0.92, np.float32)
+    light[105:125, 77:198] = 0.3  # the body's top stroke, under 66% of the bar's length
+    assert not page_edge(light, 123, 81, 114, 22)
+    light[105:125, 77:237] = 0.3  # under all of it: dark all along, as a table
+    assert page_edge(light, 123, 81, 114, 22)
+
+
 def test_a_piece_of_the_page_edge_is_no_candidate():
     mask = np.zeros((H, W), np.uint8)
     mask[100:220, 476:479] = 255  # the edge's piece, as tall as the digit

@@ -151,6 +151,56 @@ def test_strokes_drawn_otherwise_on_ruled_paper_are_found():
     assert len(locate(gray, rgb, single=True).boxes) == 1
 
 
+@pytest.mark.parametrize("grid", [None, (200, 205, 215)])
+def test_a_digit_written_more_lightly_than_the_next_is_found(monkeypatch, grid):
+    """A thin pen pressed lightly for a 2 (1 px, grey) and firmly for a 7 (3 px), on a 1600x1200
+    photo: the threshold, set by the 7's strokes, leaves pieces of the 2 too small to be a
+    digit. The second look at fainter ink beside the number (digits.grouping.fainter) finds
+    it, also on graph paper."""
+    from PIL import ImageDraw
+
+    import digits.grouping
+
+    page = Image.new("RGB", (1600, 1200), (240, 240, 234))
+    d = ImageDraw.Draw(page)
+    for v in range(0, 1600, 20) if grid else ():
+        d.line([(v, 0), (v, 1200)], fill=grid, width=1)
+        d.line([(0, v), (1600, v)], fill=grid, width=1)
+    d.line([(560, 520), (600, 480), (660, 490), (670, 540), (560, 680), (680, 680)], fill=(155, 155, 172), width=1)
+    d.line([(740, 480), (840, 480), (770, 690)], fill=(40, 50, 140), width=3)
+    arr = cv2.GaussianBlur(np.asarray(page, np.float32) / 255, (0, 0), 0.6)
+    rgb = np.clip(arr + np.random.default_rng(0).normal(0, 0.01, arr.shape).astype(np.float32), 0, 1)
+    gray = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    boxes = locate(gray, rgb).boxes
+    assert len(boxes) == 2, boxes
+    assert _iou(boxes[0], (560, 480, 681, 681)) > 0.6 and _iou(boxes[1], (740, 480, 841, 691)) > 0.6
+    monkeypatch.setattr(digits.grouping, "FAINT", 1.0)  # no second look: the 2 is lost
+    assert len(locate(gray, rgb).boxes) == 1
+
+
+def test_faint_graph_paper_beside_a_number_is_not_taken_for_fainter_digits(monkeypatch):
+    """The second look at fainter ink takes only marks part of which reached the threshold:
+    graph paper seen at a tilt under uneven light, whose lines stay under it, breaks there into
+    pieces as tall as the digits (thin-pen numbers of digits.synth, read with a "1" too without it)."""
+    import digits.grouping
+    from digits.decode import decode
+    from digits.kinds import _stroke_alpha
+    from digits.synth import make_photo
+
+    photos = []
+    for seed in (26, 29, 33, 54):
+        rng = np.random.default_rng(seed)
+        labels = [int(v) for v in rng.integers(0, 10, 2)]
+        p = make_photo([None] * 2, labels, rng, size=(1600, 1200), ink_alpha=_stroke_alpha(labels, (2, 4)),
+                       blur=(0.3, 0.7), paper="graph")
+        photos.append((decode(p.jpeg), p.boxes))
+    for d, truth in photos:
+        boxes = locate(d.gray, d.rgb).boxes
+        assert len(boxes) == 2 and all(_iou(b, t) > 0.5 for b, t in zip(boxes, truth, strict=True)), (boxes, truth)
+    monkeypatch.setattr(digits.grouping, "SEEDED", 0.0)  # any fainter mark taken: the grid's pieces are too
+    assert sum(len(locate(d.gray, d.rgb).boxes) > 2 for d, _ in photos) >= 2
+
+
 def test_pen_stroke_drawings_are_read(served, tmp_path):
     """digits.strokes, the canvas-style generator: deterministic, and read by the fixture's
     augmented models (1,000 training images) well above chance (10%): measured mlp 27/30 and
