@@ -21,6 +21,7 @@ from digits.ink import ink_mask, page_edge
 MAX_CANDIDATES = 1500  # components that pass the speck and line filters; a handwritten page has far fewer
 FAINT = 0.6  # the threshold, times this, for a second look at fainter marks beside the digits found
 SEEDED = 0.1  # ...of whose ink at least this share was ink at the full threshold
+FLAGS = True  # digits take the flat mark just above them (with_flags); off: to measure what it adds
 PAIR_CHUNK = 512  # rows of the pair comparison at a time: 512 x 1,500 booleans, not 1,500 x 1,500 floats
 
 
@@ -200,3 +201,35 @@ def fainter(dark: np.ndarray, mask: np.ndarray, labels: np.ndarray, chosen: list
     off = int(labels.max()) + 1
     labels = np.where(np.isin(low_labels, [lb for g in new for lb in g.labels]), low_labels + off, labels)
     return labels, [Group(g.x0, g.y0, g.x1, g.y1, g.area, [lb + off for lb in g.labels], g.edge) for g in new]
+
+
+def with_flags(chosen: list[Group], mask: np.ndarray) -> list[Group]:
+    """Each of the digits ``chosen`` with the flat mark just above its top, if any: a 5's bar
+    written apart from its body, to its upper right, where the grouping rule (overlapping
+    columns) does not reach, or dropped as what is left of a line (flat and short). At most
+    one, as wide as a fifth to nine tenths of the digit's height, at most a third of it thick
+    (a felt tip's), starting over the digit or just past it, and clear of the other digits."""
+    if not chosen or not FLAGS:
+        return chosen
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    x, y, w, h, area = (stats[:, k].astype(np.int64) for k in range(5))
+    taken = {lb for g in chosen for lb in g.labels}
+    out = []
+    for g in chosen:
+        near = ((w >= 1.5 * h) & (w >= 0.2 * g.h) & (w <= 0.9 * g.h) & (h <= 0.35 * g.h)
+                & (y >= g.y0 - 0.3 * g.h) & (y + h <= g.y0 + 0.35 * g.h)
+                & (x >= g.x0 - 0.1 * g.h) & (x <= g.x1 + 0.15 * g.h))
+        near[0] = False
+        best = None
+        for i in np.flatnonzero(near):
+            box = Group(int(x[i]), int(y[i]), int(x[i] + w[i]), int(y[i] + h[i]), int(area[i]), [int(i)])
+            if int(i) in taken or any(overlap(box, o) for o in chosen if o is not g):
+                continue
+            if best is None or box.area > best.area:
+                best = box
+        if best is None:
+            out.append(g)
+            continue
+        out.append(Group(min(g.x0, best.x0), min(g.y0, best.y0), max(g.x1, best.x1), max(g.y1, best.y1),
+                         g.area + best.area, g.labels + best.labels, g.edge))
+    return out

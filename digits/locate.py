@@ -29,7 +29,9 @@ so a 1-px pen line survives):
    both ways, unlike a frame drawn around a canvas, which runs along all four sides); more than
    ``digits.grouping.MAX_CANDIDATES`` is too cluttered to search;
 6. **grouping** (:mod:`digits.grouping`): components stacked above each other with overlapping
-   columns are one digit (the detached bar of a 5, the open top of a 4);
+   columns are one digit (the detached bar of a 5, the open top of a 4); once the digits
+   are chosen (7), each takes the flat mark just above its top, if any (a 5's bar written
+   apart, to its upper right);
 7. **choice**: each group is scored by how much it looks like a handwritten digit (size in
    the image, aspect, ink density, closeness to the centre); the best one is the digit, and
    groups of a similar height on the same line are the rest of a number, followed from
@@ -65,7 +67,7 @@ import cv2
 import numpy as np
 
 from digits.decode import ImageError
-from digits.grouping import Group, candidates, fainter, group, group_darkness, mean_darkness, overlap
+from digits.grouping import Group, candidates, fainter, group, group_darkness, mean_darkness, overlap, with_flags
 from digits.ink import TINY_SIDE, ink_darkness, ink_mask, margin_line, paper_border as edge_is_paper, stroke_width, to_work
 
 SPLIT_ASPECT = 1.15  # width / height above which a group of a number may be several touching digits
@@ -265,6 +267,7 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     if not single:  # a digit written more lightly than the rest of its number
         labels, new = fainter(dark, mask, labels, chosen, paper_border, light, speck)
         chosen = _line_of(best, [g for g in groups if not any(overlap(g, n) for n in new)] + new) if new else chosen
+    chosen = with_flags(chosen, mask)
     if shrunk and _median_h(chosen) < FINE_BELOW:
         fine = _refined(gray, color, chosen, scale, single, deadline)
         if fine is not None:

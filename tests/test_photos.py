@@ -201,6 +201,31 @@ def test_faint_graph_paper_beside_a_number_is_not_taken_for_fainter_digits(monke
     assert sum(len(locate(d.gray, d.rgb).boxes) > 2 for d, _ in photos) >= 2
 
 
+def test_a_5s_bar_written_apart_from_its_body_is_part_of_the_5(monkeypatch):
+    """A "57" whose 5 has its bar written apart, to the upper right of the stem: a flat short
+    mark, dropped as what is left of a line, so the 5 was read without it (as a 3 or a 6).
+    The flat mark just above a digit's top joins it (digits.grouping.with_flags); the 7's
+    bar, part of the 7's own stroke, is not taken for the 5's."""
+    from PIL import ImageDraw
+
+    import digits.grouping
+
+    page = Image.new("RGB", (640, 480), (240, 240, 234))
+    d = ImageDraw.Draw(page)
+    d.line([(200, 200), (196, 250)], fill=(30, 30, 30), width=6)  # the 5's stem
+    d.arc([(170, 235), (250, 310)], start=-150, end=140, fill=(30, 30, 30), width=6)  # its bowl
+    d.line([(215, 192), (265, 188)], fill=(30, 30, 30), width=6)  # its bar, apart
+    d.line([(300, 195), (360, 195), (320, 310)], fill=(30, 30, 30), width=6)  # a 7
+    rgb = cv2.GaussianBlur(np.asarray(page, np.float32) / 255, (0, 0), 1.0)
+    gray = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    five, seven = locate(gray, rgb).boxes
+    assert five[1] <= 190 and five[2] >= 265, five  # the bar's top and right end
+    assert seven[0] >= 295, seven
+    monkeypatch.setattr(digits.grouping, "FLAGS", False)
+    five, _ = locate(gray, rgb).boxes
+    assert five[1] >= 197 and five[2] < 262, five
+
+
 def test_pen_stroke_drawings_are_read(served, tmp_path):
     """digits.strokes, the canvas-style generator: deterministic, and read by the fixture's
     augmented models (1,000 training images) well above chance (10%): measured mlp 27/30 and
