@@ -21,7 +21,6 @@ from digits.ink import ink_mask, page_edge
 MAX_CANDIDATES = 1500  # components that pass the speck and line filters; a handwritten page has far fewer
 FAINT = 0.6  # the threshold, times this, for a second look at fainter marks beside the digits found
 SEEDED = 0.1  # ...of whose ink at least this share was ink at the full threshold
-FLAGS = True  # digits take the flat mark just above them (with_flags); off: to measure what it adds
 PAIR_CHUNK = 512  # rows of the pair comparison at a time: 512 x 1,500 booleans, not 1,500 x 1,500 floats
 
 
@@ -203,15 +202,15 @@ def fainter(dark: np.ndarray, mask: np.ndarray, labels: np.ndarray, chosen: list
     return labels, [Group(g.x0, g.y0, g.x1, g.y1, g.area, [lb + off for lb in g.labels], g.edge) for g in new]
 
 
-def with_flags(chosen: list[Group], mask: np.ndarray) -> list[Group]:
+def with_flags(chosen: list[Group], stats: np.ndarray) -> list[Group]:
     """Each of the digits ``chosen`` with the flat mark just above its top, if any: a 5's bar
     written apart from its body, to its upper right, where the grouping rule (overlapping
     columns) does not reach, or dropped as what is left of a line (flat and short). At most
     one, as wide as a fifth to nine tenths of the digit's height, at most a third of it thick
-    (a felt tip's), starting over the digit or just past it, and clear of the other digits."""
-    if not chosen or not FLAGS:
+    (a felt tip's), starting over the digit or just past it, and clear of the other digits.
+    ``stats``: the mask's components, as :func:`candidates` gives them (the flag is seldom one)."""
+    if not chosen:
         return chosen
-    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     x, y, w, h, area = (stats[:, k].astype(np.int64) for k in range(5))
     taken = {lb for g in chosen for lb in g.labels}
     out = []

@@ -247,11 +247,11 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
             scored = [(_score(gr, mask.shape, group_darkness(gr, per_label), paper_border), gr) for gr in groups]
             top = max(scored, key=lambda t: t[0], default=(0.0, None))
             if best_try is None or top[0] > best_try[0]:
-                best_try = (top[0], top[1], dark, mask, labels, groups)
-        _, best, dark, mask, labels, groups = best_try
-        return best, dark, mask, labels, [] if best is None else [best] if single else _line_of(best, groups), groups
+                best_try = (top[0], top[1], dark, mask, labels, stats, groups)
+        _, best, dark, mask, labels, stats, groups = best_try
+        return best, dark, mask, labels, stats, [] if best is None else [best] if single else _line_of(best, groups), groups
     speck = 1.0
-    best, dark, mask, labels, chosen, groups = search(speck)
+    best, dark, mask, labels, stats, chosen, groups = search(speck)
     shrunk = refine and scale < 0.75
     # Digits written small in a large image may be under the speck limit, leaving nothing, or small
     # digits, or only the table past the page's edge (step 5's last resort): look below it then.
@@ -259,7 +259,7 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
         _check(deadline)
         alt = search(SMALL_SPECK)
         if alt[0] is not None and not (alt[0].edge and best is not None):
-            (best, dark, mask, labels, chosen, groups), speck = alt, SMALL_SPECK
+            (best, dark, mask, labels, stats, chosen, groups), speck = alt, SMALL_SPECK
     _check(deadline)
     steps = {"flattened": (255 * (1 - dark)).astype(np.uint8), "mask": mask}
     if best is None:
@@ -267,7 +267,7 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     if not single:  # a digit written more lightly than the rest of its number
         labels, new = fainter(dark, mask, labels, chosen, paper_border, light, speck)
         chosen = _line_of(best, [g for g in groups if not any(overlap(g, n) for n in new)] + new) if new else chosen
-    chosen = with_flags(chosen, mask)
+    chosen = with_flags(chosen, stats)
     if shrunk and _median_h(chosen) < FINE_BELOW:
         fine = _refined(gray, color, chosen, scale, single, deadline)
         if fine is not None:

@@ -51,7 +51,6 @@ def preprocess_all(gray: np.ndarray, color: np.ndarray | None = None, *, single:
     return [(box, to_mnist(ink)) for box, ink in zip(found.boxes, found.ink, strict=True)], found
 
 
-
 @dataclass
 class Found:
     """What one image holds for a model to read: its digits, and for a digit wide enough to be
