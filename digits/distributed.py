@@ -13,6 +13,7 @@ repeats samples and its RNG would break ``--resume``).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from dataclasses import dataclass
@@ -219,8 +220,11 @@ def finish() -> None:
     """Leave the group. The barrier first: a rank tearing gloo down while another still talks
     to it aborted the process ("terminate called without an active exception"). Only for
     ends every rank reaches alike; a rank that failed alone just exits, and torchrun stops
-    the others."""
+    the others. The collection first: a DDP wrapper left in a reference cycle keeps the group
+    alive past ``destroy_process_group``, to be torn down while the interpreter shuts down,
+    where gloo's threads abort the process (a suspect in one such abort)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

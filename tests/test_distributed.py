@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from digits.cli import app as cli
-from digits.distributed import Dist
+from digits.distributed import Dist, finish
 from digits.errors import UsageError
 
 FIXTURE = Path(__file__).parent / "data"
@@ -41,11 +41,6 @@ def _join(rank: int, store: str) -> Dist:
     return current()
 
 
-def _leave() -> None:
-    dist.barrier()  # no rank tears down while another is still talking (gloo aborted here without it)
-    dist.destroy_process_group()
-
-
 def _spawn(fn, tmp_path: Path, *args) -> None:
     mp.spawn(fn, args=(str(tmp_path / "store"), *args), nprocs=WORLD, join=True)
 
@@ -53,25 +48,32 @@ def _spawn(fn, tmp_path: Path, *args) -> None:
 # --------------------------------------------------------------------------- gradients
 def _grad_worker(rank: int, store: str) -> None:
     from digits.data import load_test
-    from digits.models import create_model, list_models
-    from digits.distributed import shard_loss
+    from digits.models import list_models
 
     d = _join(rank, store)
     x, y = load_test(FIXTURE)
     try:
         for name in list_models():
             for batch in (64, 63):  # 63: an uneven split, 32 + 31
-                torch.manual_seed(0)
-                one = create_model(name).eval()  # eval: no dropout, so both see the same function
-                torch.manual_seed(0)
-                ddp = torch.nn.parallel.DistributedDataParallel(create_model(name).eval())
-                xb, yb = x[:batch], y[:batch]
-                torch.nn.functional.cross_entropy(one(xb), yb, label_smoothing=0.1).backward()
-                shard_loss(ddp(d.shard(xb)), d.shard(yb), 0.1, batch, d).backward()
-                for (n, p), q in zip(one.named_parameters(), ddp.module.parameters(), strict=True):
-                    torch.testing.assert_close(q.grad, p.grad, rtol=1.3e-6, atol=5e-5, msg=f"{name} b{batch} {n}")
+                _same_grads(d, name, x[:batch], y[:batch])
     finally:
-        _leave()
+        finish()
+
+
+def _same_grads(d: Dist, name: str, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    """One model's gradients, one process against DDP; the DDP wrapper dies on return, so no
+    wrapper holds the group past finish()."""
+    from digits.distributed import shard_loss
+    from digits.models import create_model
+
+    torch.manual_seed(0)
+    one = create_model(name).eval()  # eval: no dropout, so both see the same function
+    torch.manual_seed(0)
+    ddp = torch.nn.parallel.DistributedDataParallel(create_model(name).eval())
+    torch.nn.functional.cross_entropy(one(xb), yb, label_smoothing=0.1).backward()
+    shard_loss(ddp(d.shard(xb)), d.shard(yb), 0.1, len(xb), d).backward()
+    for (n, p), q in zip(one.named_parameters(), ddp.module.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1.3e-6, atol=5e-5, msg=f"{name} b{len(xb)} {n}")
 
 
 def test_ddp_gradients_equal_one_process_on_the_whole_batch(tmp_path):
@@ -133,7 +135,7 @@ def _train_worker(rank: int, store: str, out: str) -> None:
             train(resolve_config("lenet5", "default", epochs=1, batch_size=63, threads=1), splits, out / "odd")
     finally:
         tr.StopFlag = real_flag
-        _leave()
+        finish()
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +226,7 @@ def _failing_write_worker(rank: int, store: str, out: str) -> None:
     except DigitsError as e:
         outcome = f"DigitsError: {e}"
     Path(out, f"outcome{rank}.json").write_text(json.dumps({"outcome": outcome, "seconds": time.monotonic() - t0}))
-    _leave()  # both ranks know: they leave together, as the CLI does
+    finish()  # both ranks know: they leave together, as the CLI does
 
 
 def test_rank_0_failing_to_write_alone_stops_the_others_at_once(tmp_path):
