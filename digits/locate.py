@@ -52,8 +52,10 @@ so a 1-px pen line survives):
    projection, as classic OCR segments touching characters), every piece at least half
    the group's height; never through a hole across most of the group's width (a wide 0's).
    A wide 0 or 2 is one digit,
-   so the choice is the model's, by which reading it is surer of (recognition-based
-   segmentation: ``Found.read`` in digits.preprocess).
+   so the choice is the model's, by which reading it is surer of, and by shape: a sure
+   whole as wide as almost no MNIST digit of its class gives way to sure pieces each
+   shaped as usual (recognition-based segmentation: ``Found.read`` in digits.preprocess,
+   digits.aspect).
 
 The whole search has a deadline (``locate(deadline=...)``): past it, :class:`TooSlow`.
 """

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from digits.aspect import aspects, fit
 from digits.data import MEAN, STD
 from digits.decode import TIME_BUDGET_S, Box, ImageError, TooLarge, Unsupported, load_gray, load_image  # noqa: F401 (their old home)
 from digits.locate import Located, locate
@@ -25,6 +26,10 @@ STROKE_SLACK = 0.5  # strokes within this fraction of TARGET_STROKE are MNIST's 
 CENTRE = 14.0  # px: where MNIST's digits have their centre of mass (training set mean: 13.99, 14.00)
 SURE_WHOLE = float(np.log(0.9))  # a wide digit read whole at least this surely stays one digit
 TINY_LEGIBLE = float(np.log(0.5))  # pieces of a wide group on a tiny canvas at least this sure are its digits
+# ...unless the whole is shaped as almost no MNIST digit of its class is (digits.aspect.fit):
+MISSHAPEN = 0.05  # a "3" touching a "7", squashed into 28x28, is a sure 0 too wide for a 0
+SURE_PIECE = float(np.log(0.99))  # then pieces each read at least this surely
+USUAL_PIECE = 0.3  # ...and each shaped as its class usually is win
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -73,13 +78,17 @@ class Found:
         logits = np.asarray(logits, dtype=np.float32)
         if not self.splits:  # nothing to choose between (a JSON array, separate digits): read as found
             return [box for box, _ in self.digits], logits[:len(self.digits)], [img for _, img in self.digits]
-        top = np.log(calibrated(logits, temperature).max(1))  # log of each row's top probability
+        probs = calibrated(logits, temperature)
+        top = np.log(probs.max(1))  # log of each row's top probability
+        # each reading's shape: the ink's width / height in its 28x28, as digits.aspect measured MNIST's
+        shape = [fit(a, int(c)) for a, c in zip(aspects(np.stack(self.images()) * 255), probs.argmax(1), strict=True)]
         boxes, rows, imgs, at = [], [], [], len(self.digits)
         for i, (box, img) in enumerate(self.digits):
             pieces = self.splits.get(i, [])
             span = slice(at, at + len(pieces))
             at += len(pieces)
-            if pieces and _split_wins(top[i], top[span].mean(), box, self.tiny and len(self.digits) == 1):
+            if pieces and _split_wins(top[i], top[span], shape[i], shape[span], box,
+                                      self.tiny and len(self.digits) == 1):
                 boxes += [b for b, _ in pieces]
                 rows += list(logits[span])
                 imgs += [im for _, im in pieces]
@@ -90,16 +99,21 @@ class Found:
         return boxes, np.stack(rows), imgs
 
 
-def _split_wins(whole: float, pieces: float, box: Box | None, tiny: bool) -> bool:
+def _split_wins(whole: float, pieces: np.ndarray, whole_shape: float, piece_shapes: list[float],
+                box: Box | None, tiny: bool) -> bool:
     """Whether a wide group reads as touching digits (``whole``: the log top probability of the
-    group read as one digit; ``pieces``: the mean of its pieces'). When all of a ``tiny``
-    canvas's ink (MNIST's scale, at most ``digits.ink.TINY_SIDE`` px) is that group, where one
-    digit would have been drawn to fill the height, ink wider than tall is two digits whenever
-    they are legible. Elsewhere a sure whole reading stays (a wide 4 on a photo, a round 6 beside an 8
-    on a tiny canvas), else the surer reading wins."""
+    group read as one digit; ``pieces``: its pieces'; the shapes: how usual each one's width is
+    for the class read, digits.aspect.fit). When all of a ``tiny`` canvas's ink (MNIST's scale,
+    at most ``digits.ink.TINY_SIDE`` px) is that group, where one digit would have been drawn to
+    fill the height, ink wider than tall is two digits whenever they are legible. Elsewhere a
+    sure whole reading stays (a wide 4 on a photo, a round 6 beside an 8 on a tiny canvas)
+    unless it is ``MISSHAPEN`` and every piece is sure and usually shaped (a "03" read as a sure
+    but very wide 0); an unsure one gives way to surer pieces."""
     if tiny and box is not None and box[2] - box[0] >= box[3] - box[1]:
-        return pieces > TINY_LEGIBLE
-    return whole < SURE_WHOLE and pieces > whole
+        return pieces.mean() > TINY_LEGIBLE
+    if whole >= SURE_WHOLE:
+        return whole_shape < MISSHAPEN and pieces.min() >= SURE_PIECE and min(piece_shapes) >= USUAL_PIECE
+    return pieces.mean() > whole
 
 
 def found_in(digits: list[tuple[Box, np.ndarray]], located: Located,
@@ -143,6 +157,8 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     sh, sw = small.shape
     yy, xx = np.mgrid[0:sh, 0:sw]
     total = small.sum()
+    if not total > 0:  # a speck all stroke, which thinning to MNIST's width left nothing of
+        raise ImageError("blank image: the digit found has almost no ink")
     cy, cx = (yy * small).sum() / total, (xx * small).sum() / total
     top = int(np.clip(round(CENTRE - cy), 0, 28 - sh))
     left = int(np.clip(round(CENTRE - cx), 0, 28 - sw))

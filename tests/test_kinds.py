@@ -84,6 +84,19 @@ def test_strokes_come_out_as_wide_as_mnist_s(pen):
     assert 1.5 <= width <= 4.0, (pen, width)  # MNIST's are about 2-3 px at 28x28
 
 
+def test_a_speck_the_stroke_step_erodes_away_is_an_error_not_a_crash():
+    """A tiny solid blob (a piece of a cut, a speck) is all stroke: thinned to MNIST's width,
+    nothing is left of it. That is "no ink", as a blank image is, where it was a NaN centre
+    of mass and a ValueError out of `digits predict`."""
+    from digits.decode import ImageError
+
+    speck = np.ones((4, 5), np.float32)
+    speck[0, 2] = 0.0
+    with pytest.raises(ImageError, match="almost no ink"):
+        to_mnist(speck)
+    assert to_mnist(np.pad(speck, 1)[:, :4]).max() == 1.0  # the same blob cut narrower keeps its ink: read as it is
+
+
 def test_a_digit_that_is_mnist_s_already_comes_back_as_itself(fixture_root):
     """MNIST test digits written three times as large come back through to_mnist close to the
     originals: their centre of mass at MNIST's 14.0 px (13.5 until 2026-12-01), their strokes,

@@ -421,6 +421,30 @@ def test_the_model_chooses_between_one_wide_digit_and_touching_digits():
     assert boxes == [(0, 0, 30, 10)]
 
 
+def test_a_sure_but_misshapen_whole_gives_way_to_sure_usually_shaped_pieces():
+    """A "03" written touching reads as a sure 0 half again as wide as tall, as almost no MNIST
+    0 is (digits.aspect); its halves read as a sure 0 and a sure 3, each as wide as its class
+    usually is: two digits. A whole shaped as its class usually is stays one digit, and so
+    does the misshapen one when a piece is unsure or itself misshapen."""
+    from digits.preprocess import Found
+
+    def blob(w: int, h: int) -> np.ndarray:  # ink w x h in a 28x28, as to_mnist leaves a digit
+        img = np.zeros((28, 28), np.float32)
+        img[14 - h // 2:14 - h // 2 + h, 14 - w // 2:14 - w // 2 + w] = 1.0
+        return img
+
+    zero = np.array([9.0] + [0.0] * 9)  # about 0.999
+    three, unsure_three = np.roll(zero, 3), np.roll(zero, 3) / 3  # about 0.999; about 0.69
+
+    def read(whole: np.ndarray, right_piece: np.ndarray, right_logits: np.ndarray) -> list[int]:
+        found = Found([((0, 0, 60, 40), whole)], {0: [((0, 0, 30, 40), blob(18, 20)), ((30, 0, 60, 40), right_piece)]})
+        return found.read(np.stack([zero, zero, right_logits]))[1].argmax(1).tolist()
+    assert read(blob(20, 13), blob(16, 20), three) == [0, 3]  # a 0 1.54 as wide as tall: two digits
+    assert read(blob(18, 20), blob(16, 20), three) == [0]  # a 0 as wide as 0s are: one
+    assert read(blob(20, 13), blob(16, 20), unsure_three) == [0]  # a piece unsure
+    assert read(blob(20, 13), blob(20, 8), three) == [0]  # a piece as misshapen (a "3" 2.5 as wide as tall)
+
+
 @pytest.mark.parametrize("digit", [0, 1, 2, 3, 4, 5, 6, 7, 9])
 def test_a_digit_filling_a_tight_crop_both_ways_is_the_subject(fixture_root, digit):
     """A tight crop of a thick digit, 2 px of paper on three sides: it spans the whole frame
