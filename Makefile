@@ -29,9 +29,11 @@ run: setup
 # processes it starts (servers, torchrun ranks, a whole bench), which the other worker
 # overlaps. OpenMP threads sleep instead of spinning when idle: spinning, each worker's
 # torch threads took the cores from the other's work (2 workers on 2 cores: 222 s, 418 s of
-# CPU; passive: 180 s, 330 s; one process: 253 s).
+# CPU; passive: 180 s, 330 s; one process: 253 s). With two workers, each one's torch runs
+# one thread unless a test asks for more (AMD EPYC Zen 3, 2 cores: 345 s -> 330 s).
 TEST_WORKERS ?= 2
-pytest = OMP_WAIT_POLICY=PASSIVE $(1) -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
+pytest = OMP_WAIT_POLICY=PASSIVE $(if $(filter-out 1,$(TEST_WORKERS)),OMP_NUM_THREADS=1) $(1) -m pytest -q \
+	$(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
 
 test: setup
 	$(call pytest,$(PY))

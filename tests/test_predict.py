@@ -18,7 +18,7 @@ from digits.data import normalize, raw_dir, read_arrays
 from digits.predict import predict_files
 from digits.preprocess import ImageError, load_gray, preprocess
 
-N = 40  # fixture test digits per rendering
+N = 25  # fixture test digits per rendering
 
 
 # --------------------------------------------------------------------------- renderings
