@@ -28,7 +28,7 @@ SURE_WHOLE = float(np.log(0.9))  # a wide digit read whole at least this surely 
 TINY_LEGIBLE = float(np.log(0.5))  # pieces of a wide group on a tiny canvas at least this sure are its digits
 # ...unless the whole is shaped as almost no MNIST digit of its class is (digits.aspect.fit):
 MISSHAPEN = 0.05  # a "3" touching a "7", squashed into 28x28, is a sure 0 too wide for a 0
-SURE_PIECE = float(np.log(0.99))  # then pieces each read at least this surely
+SURE_PIECE = float(np.log(0.99))  # then pieces each read at least this surely (and surer than it)
 USUAL_PIECE = 0.3  # ...and each shaped as its class usually is win
 
 
@@ -107,12 +107,12 @@ def _split_wins(whole: float, pieces: np.ndarray, whole_shape: float, piece_shap
     at most ``digits.ink.TINY_SIDE`` px) is that group, where one digit would have been drawn to
     fill the height, ink wider than tall is two digits whenever they are legible. Elsewhere a
     sure whole reading stays (a wide 4 on a photo, a round 6 beside an 8 on a tiny canvas)
-    unless it is ``MISSHAPEN`` and every piece is sure and usually shaped (a "03" read as a sure
-    but very wide 0); an unsure one gives way to surer pieces."""
+    unless it is ``MISSHAPEN`` and every piece is sure, surer than the whole, and usually shaped
+    (a "03" read as a sure but very wide 0); an unsure one gives way to surer pieces."""
     if tiny and box is not None and box[2] - box[0] >= box[3] - box[1]:
         return pieces.mean() > TINY_LEGIBLE
     if whole >= SURE_WHOLE:
-        return whole_shape < MISSHAPEN and pieces.min() >= SURE_PIECE and min(piece_shapes) >= USUAL_PIECE
+        return whole_shape < MISSHAPEN and pieces.min() >= max(SURE_PIECE, whole) and min(piece_shapes) >= USUAL_PIECE
     return pieces.mean() > whole
 
 

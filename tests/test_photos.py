@@ -425,7 +425,7 @@ def test_a_sure_but_misshapen_whole_gives_way_to_sure_usually_shaped_pieces():
     """A "03" written touching reads as a sure 0 half again as wide as tall, as almost no MNIST
     0 is (digits.aspect); its halves read as a sure 0 and a sure 3, each as wide as its class
     usually is: two digits. A whole shaped as its class usually is stays one digit, and so
-    does the misshapen one when a piece is unsure or itself misshapen."""
+    does the misshapen one when a piece is unsure, less sure than the whole, or itself misshapen."""
     from digits.preprocess import Found
 
     def blob(w: int, h: int) -> np.ndarray:  # ink w x h in a 28x28, as to_mnist leaves a digit
@@ -443,6 +443,9 @@ def test_a_sure_but_misshapen_whole_gives_way_to_sure_usually_shaped_pieces():
     assert read(blob(18, 20), blob(16, 20), three) == [0]  # a 0 as wide as 0s are: one
     assert read(blob(20, 13), blob(16, 20), unsure_three) == [0]  # a piece unsure
     assert read(blob(20, 13), blob(20, 8), three) == [0]  # a piece as misshapen (a "3" 2.5 as wide as tall)
+    found = Found([((0, 0, 60, 40), blob(20, 13))], {0: [((0, 0, 30, 40), blob(18, 20)), ((30, 0, 60, 40), blob(16, 20))]})
+    surer_whole = np.array([12.0] + [0.0] * 9)  # about 0.99994: surer than either piece (a wide 8 read "82")
+    assert found.read(np.stack([surer_whole, zero, three]))[1].argmax(1).tolist() == [0]
 
 
 @pytest.mark.parametrize("digit", [0, 1, 2, 3, 4, 5, 6, 7, 9])
