@@ -28,8 +28,8 @@ SURE_WHOLE = float(np.log(0.9))  # a wide digit read whole at least this surely 
 TINY_LEGIBLE = float(np.log(0.5))  # pieces of a wide group on a tiny canvas at least this sure are its digits
 # ...unless the whole is shaped as almost no MNIST digit of its class is (digits.aspect.fit):
 MISSHAPEN = 0.05  # a "3" touching a "7", squashed into 28x28, is a sure 0 too wide for a 0
-SURE_PIECE = float(np.log(0.99))  # then pieces each read at least this surely (and surer than it)
-USUAL_PIECE = 0.3  # ...and each shaped as its class usually is win
+SURE_PIECE = float(np.log(0.99))  # ...and its pieces each read at least this surely, and surer than it,
+USUAL_PIECE = 0.3  # ...and each shaped as its class usually is (fit at least this): the pieces win
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -436,16 +436,15 @@ def test_a_sure_but_misshapen_whole_gives_way_to_sure_usually_shaped_pieces():
     zero = np.array([9.0] + [0.0] * 9)  # about 0.999
     three, unsure_three = np.roll(zero, 3), np.roll(zero, 3) / 3  # about 0.999; about 0.69
 
-    def read(whole: np.ndarray, right_piece: np.ndarray, right_logits: np.ndarray) -> list[int]:
+    def read(whole: np.ndarray, right_piece: np.ndarray, right_logits: np.ndarray, whole_logits=zero) -> list[int]:
         found = Found([((0, 0, 60, 40), whole)], {0: [((0, 0, 30, 40), blob(18, 20)), ((30, 0, 60, 40), right_piece)]})
-        return found.read(np.stack([zero, zero, right_logits]))[1].argmax(1).tolist()
+        return found.read(np.stack([whole_logits, zero, right_logits]))[1].argmax(1).tolist()
     assert read(blob(20, 13), blob(16, 20), three) == [0, 3]  # a 0 1.54 as wide as tall: two digits
     assert read(blob(18, 20), blob(16, 20), three) == [0]  # a 0 as wide as 0s are: one
     assert read(blob(20, 13), blob(16, 20), unsure_three) == [0]  # a piece unsure
     assert read(blob(20, 13), blob(20, 8), three) == [0]  # a piece as misshapen (a "3" 2.5 as wide as tall)
-    found = Found([((0, 0, 60, 40), blob(20, 13))], {0: [((0, 0, 30, 40), blob(18, 20)), ((30, 0, 60, 40), blob(16, 20))]})
     surer_whole = np.array([12.0] + [0.0] * 9)  # about 0.99994: surer than either piece (a wide 8 read "82")
-    assert found.read(np.stack([surer_whole, zero, three]))[1].argmax(1).tolist() == [0]
+    assert read(blob(20, 13), blob(16, 20), three, whole_logits=surer_whole) == [0]
 
 
 @pytest.mark.parametrize("digit", [0, 1, 2, 3, 4, 5, 6, 7, 9])
