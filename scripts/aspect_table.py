@@ -13,13 +13,17 @@ import numpy as np
 
 from digits.aspect import QUANTILES, table
 from digits.data import default_root, raw_dir, read_arrays
+from digits.errors import DigitsError
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=None, help="MNIST root (default: the cache `digits train` uses)")
     args = ap.parse_args()
-    a = read_arrays(raw_dir(args.source or default_root()))
+    try:
+        a = read_arrays(raw_dir(args.source or default_root()))
+    except DigitsError as e:  # no MNIST there: a usage error, not a traceback
+        ap.error(f"--source {args.source or default_root()}: {e}")
     t = table(a.train_images, a.train_labels)
     print(f"# {len(a.train_labels):,} training digits, quantiles {', '.join(f'{q:g}' for q in QUANTILES)}")
     print("TABLE = np.array([")

@@ -280,6 +280,8 @@ def test_the_skew_script_measures_both_settings_on_real_digits(trained, fixture_
     err = _usage_error("skew_eval.py", "--source", tmp_path / "none", "--out", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert "digits data" in err, err
     (tmp_path / "file").write_text("")  # --out where no folder can be made: refused before the work
+    err = _usage_error("aspect_table.py", "--source", tmp_path / "none", monkeypatch=monkeypatch, capsys=capsys)
+    assert "digits data" in err, err  # the shape table's script too
     for name in ("skew_eval.py", "photos_eval.py", "canvas_eval.py"):  # the other evaluations refuse it before their work too
         source = ["--source", fixture_root] if name == "skew_eval.py" else []
         err = _usage_error(name, *source, "--out", tmp_path / "file/sub", monkeypatch=monkeypatch, capsys=capsys)
