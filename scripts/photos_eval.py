@@ -4,6 +4,7 @@ trained model: single digits right, whole numbers right, and how many digits wer
     python scripts/photos_eval.py --out results        # -> results/photos-cpu-<date>.{json,md}
     python scripts/photos_eval.py --per-kind 200 --kinds-seed 4 --tag heldout-seed4   # a seed no rule was tuned on
     python scripts/photos_eval.py --models mlp --artifacts /tmp/other --out /tmp/x    # one model, other checkpoints
+    python scripts/photos_eval.py --per-kind 100 --touching 0 --photos /my/set     # kinds only; a set of your own
 
 Uses the checkpoints in artifacts/ (`digits train all`) through `digits predict`'s own path.
 Then ``--per-kind`` photos of each kind in digits.kinds (thin pens on large photos, blurred
@@ -15,6 +16,8 @@ every digit the model reads right as the clean MNIST original it was written fro
 written touching or overlapping (digits.synth's ``gap`` below zero), and read twice: as
 `digits predict` reads them, and with the touching-digit readings switched off
 (``digits.locate.SPLIT_ASPECT`` set to infinity), to show what step 8 of digits.locate adds.
+``--photos`` may name a set of one's own: a folder with the images and a ``photos.json``
+listing ``{"photos": [{"file", "label"}, ...]}``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ def main() -> None:
     args = ap.parse_args()
     if not plain_name(args.tag, empty=True):
         ap.error(f"--tag {args.tag!r} must be letters, digits, '_', '-' or '.' (it becomes part of a file name)")
+    if not (args.photos / "photos.json").is_file():
+        ap.error(f"--photos {args.photos}: no photos.json there (the index of a photo set, as tests/data/photos has)")
+    if args.touching < 0 or args.per_kind < 1:
+        ap.error(f"--per-kind {args.per_kind}, --touching {args.touching}: photos to make, at least 1 a kind and 0 touching")
     if why := unwritable(args.out):  # before minutes of work, not after them
         ap.error(f"--out {args.out}: cannot write there ({why})")
     try:
@@ -68,7 +75,8 @@ def main() -> None:
     except DigitsError as e:
         ap.error(f"--source {args.source}: {e}")
     tmp = tempfile.TemporaryDirectory()
-    source = args.source.resolve().relative_to(ROOT) if args.source.resolve().is_relative_to(ROOT) else args.source
+    source, photos = (p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p
+                      for p in (args.source, args.photos))
     touching = touching_numbers(arrays, args.touching, args.touching_seed, Path(tmp.name))
     kinds_dir = Path(tmp.name) / "kinds"
     kinds_dir.mkdir()
@@ -81,6 +89,9 @@ def main() -> None:
     for model in args.models:
         row = {"model": model}
         for name, subset, single in (("single", singles, True), ("number", numbers, False)):
+            if not subset:  # a photo set of singles only, or of numbers only
+                row[f"{name}_right"] = row[f"{name}_found"] = row[f"{name}_total"] = row[f"{name}_unsure_digits"] = 0
+                continue
             # unsure_below=0: every digit answered, so "right" is the argmax's accuracy; "unsure" counts
             # the digits `digits predict` would have called unsure at its default (0.6)
             res = predict_files([args.photos / p["file"] for p in subset], model=model, backend="eager",
@@ -90,6 +101,9 @@ def main() -> None:
             found = sum(len(r.get("digits", [])) == len(p["label"]) for r, p in zip(res, subset, strict=True))
             row[f"{name}_right"], row[f"{name}_found"], row[f"{name}_total"] = right, found, len(subset)
         for name, aspect in (("touching", digits.locate.SPLIT_ASPECT), ("touching_unsplit", math.inf)):
+            if not touching:  # --touching 0: nothing to read (predict_files refuses an empty list)
+                row[f"{name}_right"] = row[f"{name}_found"] = row[f"{name}_total"] = 0
+                continue
             with patch.object(digits.locate, "SPLIT_ASPECT", aspect):
                 res = predict_files([p["file"] for p in touching], model=model, backend="eager",
                                     checkpoint=args.artifacts, artifacts=args.artifacts, unsure_below=0.0)
@@ -109,7 +123,7 @@ def main() -> None:
     stem = args.out / f"photos-cpu-{env['date'][:10]}{'-' + args.tag if args.tag else ''}"
     command = command_line()
     atomic_write_json(stem.with_suffix(".json"), {"command": command, "environment": env,
-                                                  "photos": str(args.photos.relative_to(ROOT)), "rows": rows})
+                                                  "photos": str(photos), "rows": rows})
     md = ["| model | single digits right | whole numbers right | numbers with every digit found | digits unsure (< 0.6) |"
           " touching numbers right (found) | the same without step 8 |",
           "|---|---:|---:|---:|---:|---:|---:|"]

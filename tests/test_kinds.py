@@ -286,6 +286,37 @@ def test_the_skew_script_measures_both_settings_on_real_digits(trained, fixture_
         source = ["--source", fixture_root] if name == "skew_eval.py" else []
         err = _usage_error(name, *source, "--out", tmp_path / "file/sub", monkeypatch=monkeypatch, capsys=capsys)
         assert "cannot write there" in err, err
+    for bad, said in ((["--per-kind", "0"], "at least 1 a kind"), (["--touching", "-1"], "0 touching"),
+                      (["--photos", tmp_path], "no photos.json")):  # refused before minutes of work, not after
+        err = _usage_error("photos_eval.py", *bad, "--out", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+        assert said in err, err
+
+
+def test_the_photo_script_runs_on_a_set_of_its_own_without_touching_numbers(trained, fixture_root, tmp_path,
+                                                                           monkeypatch):
+    """scripts/photos_eval.py on a photo set outside the repository (its path once failed the run at
+    its very end), with ``--touching 0`` (once "No input files" after the kinds were made): every
+    kind read, no touching numbers, and the set's path as given."""
+    import json
+    import shutil
+
+    from digits.kinds import PHOTO_KINDS
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    index = json.loads((fixture_root / "photos/photos.json").read_text())["photos"]
+    one_each = [next(p for p in index if len(p["label"]) == 1), next(p for p in index if len(p["label"]) > 1)]
+    for p in one_each:
+        shutil.copy(fixture_root / "photos" / p["file"], photos / p["file"])
+    (photos / "photos.json").write_text(json.dumps({"photos": one_each}))
+    _script("photos_eval.py", "--photos", photos, "--source", fixture_root, "--artifacts", trained, "--models", "lenet5",
+            "--per-kind", 1, "--touching", 0, "--out", tmp_path, "--tag", "tiny", monkeypatch=monkeypatch)
+    made = json.loads(next(tmp_path.glob("photos-cpu-*-tiny.json")).read_text())
+    (row,) = made["rows"]
+    assert made["photos"] == str(photos)
+    assert (row["single_total"], row["number_total"], row["touching_total"], row["touching_right"]) == (1, 1, 0, 0)
+    assert {k: v[1] for k, v in row["kinds"].items()} == dict.fromkeys(PHOTO_KINDS, 1)
+    assert next(tmp_path.glob("photos-cpu-*-tiny.md")).read_text().count("| `lenet5` | ") == 4
 
 
 @pytest.mark.parametrize("read, label, right", [
