@@ -109,6 +109,23 @@ def cpu_features(cpu: Cpu | None = None) -> dict[str, bool]:
     return {f: f in cpu.flags for f in (ARM_FLAGS if cpu.arm64 else X86_FLAGS)}
 
 
+def cpu_kind(cpu: Cpu | None = None) -> str:
+    """The vector extensions that tell this project's kinds of CPU apart, in words: a VM may name
+    two of them only "AMD EPYC" (one AVX2-only, one with AVX-512 and bf16, twice as fast), so a
+    result names its CPU by both. Empty for an architecture without such flags here."""
+    cpu = cpu or this_cpu()
+    f = cpu.flags
+    if cpu.arm64:
+        return ", ".join(["ARM64"] + [w for flag, w in (("asimddp", "dot product"), ("bf16", "BF16"), ("i8mm", "I8MM"),
+                                                         ("sve", "SVE")) if flag in f])
+    if not cpu.x86 or not f:
+        return ""
+    if "avx512f" not in f:
+        return "AVX2, no AVX-512" if "avx2" in f else "no AVX2"
+    return ", ".join(["AVX-512"] + [w for flag, w in (("avx512_bf16", "AVX512-BF16"), ("avx512_fp16", "AVX512-FP16"),
+                                                      ("amx_tile", "AMX")) if flag in f])
+
+
 def resolve_precisions(chosen: list[str] | None, device: str = "cpu") -> list[str]:
     """``chosen`` (each checked), or, when none are, fp32 + the device's native precisions."""
     return [check_precision(p) for p in chosen] if chosen else native_precisions(device)

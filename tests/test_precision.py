@@ -26,6 +26,7 @@ from digits.precision import (
     Tf32,
     at_precision,
     cpu_features,
+    cpu_kind,
     int8_path,
     native_precisions,
     passes,
@@ -89,6 +90,18 @@ def test_each_kind_of_cpu_is_recorded_in_the_bench_environment(kind):
     assert INT8_PATH[kind] in env["int8_path"] and env["cpu_features"] == cpu_features()
     assert all(env["cpu_features"][f] for f in ("asimddp",) if kind == "arm64-dotprod")
     assert env["cpu_features"].get("avx2", False) is (kind != "arm64-dotprod")
+
+
+KIND_NAMED = {"intel-amx": "(AVX-512, AVX512-BF16, AVX512-FP16, AMX)", "amd-avx512-bf16": "(AVX-512, AVX512-BF16)",
+              "amd-avx2": "(AVX2, no AVX-512)", "arm64-dotprod": "(ARM64, dot product)"}
+
+
+def test_each_kind_of_cpu_is_named_apart_in_every_result(kind):
+    # a VM names two of these kinds only "AMD EPYC": every result file's "cpu" says which one
+    from digits.bench.environment import cpu_name
+
+    assert cpu_name().endswith(" " + KIND_NAMED[kind]), cpu_name()
+    assert len({cpu_kind(c) for c in KINDS.values()}) == len(KINDS)
 
 
 @pytest.mark.parametrize("flags, arch, expected", [

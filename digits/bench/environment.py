@@ -19,7 +19,7 @@ from digits.bench.timing import harness_overhead_ms
 from digits.checkpoint import now_iso
 from digits.cores import usable_cores
 from digits.export import runtime_versions
-from digits.precision import cpu_features, int8_path, native_precisions
+from digits.precision import cpu_features, cpu_kind, int8_path, native_precisions
 
 METHOD = {  # what the timed figures mean (docs/bench.md), written into every report
     "latency": "host clock around one call plus the device sync that makes its output ready; p50/p90/p99 of those",
@@ -35,13 +35,18 @@ def command_line() -> str:
 
 
 def cpu_name() -> str:
+    """The CPU's model name and its kind (:func:`digits.precision.cpu_kind`), e.g. "AMD EPYC
+    (AVX-512, AVX512-BF16)": the name alone may fit two kinds that differ twofold in speed."""
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    kind = cpu_kind()
+    return f"{name} ({kind})" if kind else name
 
 
 def environment(cfg) -> dict:
