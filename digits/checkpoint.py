@@ -83,6 +83,17 @@ def checkpoint_dir(out: str | os.PathLike, model: str) -> Path:
     return Path(out) / model
 
 
+def missing_checkpoint(artifacts: str | os.PathLike, models: list[str]) -> str | None:
+    """Why one of ``models`` has no checkpoint under ``artifacts`` (the first), or None: what an
+    evaluation script checks before its minutes of work, not after them."""
+    for model in models:
+        try:
+            read_manifest(checkpoint_dir(artifacts, model), model)
+        except DigitsError as e:
+            return str(e)
+    return None
+
+
 def save_resume(folder: Path, state: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / RESUME) as tmp:

@@ -21,6 +21,7 @@ import numpy as np
 
 from digits._io import atomic_write_result, plain_name, unwritable
 from digits.bench.environment import command_line, cpu_name
+from digits.checkpoint import missing_checkpoint
 from digits.kinds import DRAWING_KINDS, make_set, read_by_kind
 from digits.models import list_models
 from digits.predict import predict_files
@@ -53,8 +54,12 @@ def main() -> None:
     args = ap.parse_args()
     if not plain_name(args.name):
         ap.error(f"--name {args.name!r} must be letters, digits, '_', '-' or '.' (it becomes a file name)")
+    if args.per_digit < 1 or args.per_kind < 1:
+        ap.error(f"--per-digit {args.per_digit}, --per-kind {args.per_kind}: drawings to make, at least 1 each")
     if why := unwritable(args.out):  # before minutes of work, not after them
         ap.error(f"--out {args.out}: cannot write there ({why})")
+    if why := missing_checkpoint(args.artifacts, args.models):
+        ap.error(f"--artifacts {args.artifacts}: {why}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         made = drawings(args.per_digit, args.seed, Path(tmp))

@@ -36,6 +36,7 @@ import digits.locate
 
 from digits._io import atomic_write, atomic_write_json, plain_name, unwritable
 from digits.bench.environment import command_line, cpu_name
+from digits.checkpoint import missing_checkpoint
 from digits.data import raw_dir, read_arrays
 from digits.errors import DigitsError
 from digits.export import runtime_versions
@@ -74,6 +75,8 @@ def main() -> None:
         arrays = read_arrays(raw_dir(args.source))
     except DigitsError as e:
         ap.error(f"--source {args.source}: {e}")
+    if why := missing_checkpoint(args.artifacts, args.models):
+        ap.error(f"--artifacts {args.artifacts}: {why}")
     tmp = tempfile.TemporaryDirectory()
     source, photos = (p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p
                       for p in (args.source, args.photos))

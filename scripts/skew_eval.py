@@ -27,7 +27,7 @@ import torch
 import digits.preprocess
 from digits._io import atomic_write_result, unwritable
 from digits.bench.environment import command_line, cpu_name, runtime_versions
-from digits.checkpoint import load_checkpoint
+from digits.checkpoint import load_checkpoint, missing_checkpoint
 from digits.data import normalize, raw_dir, read_arrays
 from digits.errors import DigitsError
 from digits.models import list_models
@@ -67,6 +67,8 @@ def main() -> None:
         arrays = read_arrays(raw_dir(args.source))
     except DigitsError as e:  # no MNIST there: say so, and how to get it (this script's option is --source)
         ap.error(f"--source {args.source}: {e}")
+    if why := missing_checkpoint(args.artifacts, args.models):
+        ap.error(f"--artifacts {args.artifacts}: {why}")
     originals, labels = arrays.test_images, arrays.test_labels
     nets = {m: load_checkpoint(args.artifacts / m, m)[0].eval() for m in args.models}
 

@@ -290,6 +290,13 @@ def test_the_skew_script_measures_both_settings_on_real_digits(trained, fixture_
                       (["--photos", tmp_path], "no photos.json")):  # refused before minutes of work, not after
         err = _usage_error("photos_eval.py", *bad, "--out", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
         assert said in err, err
+    for name in ("skew_eval.py", "photos_eval.py", "canvas_eval.py"):  # no checkpoints: before the work, not after it
+        source = [] if name == "canvas_eval.py" else ["--source", fixture_root]
+        err = _usage_error(name, *source, "--artifacts", tmp_path / "none", "--out", tmp_path, monkeypatch=monkeypatch,
+                           capsys=capsys)
+        assert "--artifacts" in err and "digits train" in err, err
+    err = _usage_error("canvas_eval.py", "--per-digit", "0", "--out", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert "at least 1 each" in err, err
 
 
 def test_the_photo_script_runs_on_a_set_of_its_own_without_touching_numbers(trained, fixture_root, tmp_path,
