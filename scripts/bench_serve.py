@@ -38,7 +38,9 @@ from digits._io import atomic_write_result
 from digits.bench.runner import cpu_name
 from digits.checkpoint import now_iso
 from digits.data import MEAN, STD, default_root, load_test
+from digits.errors import DigitsError
 from digits.export import runtime_versions
+from digits.models import list_models
 from digits.serve.load import run_load, run_open_loop
 
 HERE = Path(__file__).resolve().parent
@@ -166,7 +168,7 @@ def profile(server: dict, body: bytes, out: Path, seconds: float = 10) -> str | 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="lenet5")
+    ap.add_argument("--model", default="lenet5", choices=list_models())
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--rounds", type=int, default=2)
@@ -179,8 +181,13 @@ def main() -> None:
     ap.add_argument("--peer-python", default=sys.executable, help="a Python with the kserve package")
     ap.add_argument("--profile", action="store_true", help="record a py-spy flame graph of the dynamic server")
     args = ap.parse_args()
-
-    x, _ = load_test(args.data_dir or default_root())
+    onnx = args.artifacts / args.model / "model.onnx"  # what every server here loads
+    if not onnx.is_file():
+        ap.error(f"--artifacts {args.artifacts}: no {onnx}: run `digits export {args.model} --format onnx` first")
+    try:
+        x, _ = load_test(args.data_dir or default_root())
+    except DigitsError as e:
+        ap.error(f"--data-dir {args.data_dir or default_root()}: {e}")
     digit = (x[0, 0].numpy() * STD + MEAN).clip(0, 1).round(4)  # the first test digit (a 7), 0..1
     bodies = {"v1": json.dumps({"image": digit.tolist()}).encode(),
               "v2": json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28],

@@ -25,8 +25,9 @@ import torch
 
 from digits._io import atomic_write_result
 from digits.bench.runner import BenchConfig, cpu_name, run_bench
-from digits.checkpoint import now_iso
+from digits.checkpoint import missing_checkpoint, now_iso
 from digits.data import default_root, load_splits
+from digits.errors import DigitsError
 from digits.export import export_model, runtime_versions
 from digits.export.quantize import Int8Settings
 from digits.models import list_models
@@ -49,7 +50,7 @@ VARIANTS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list_models())
+    ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--data-dir", type=Path, default=None)
@@ -61,8 +62,12 @@ def main() -> None:
     ap.add_argument("--emulated", default=None, help="Say so when run under an emulator, e.g. "
                     "'qemu-x86_64 -cpu Haswell': /proc/cpuinfo then names the host, not the CPU the kernels saw")
     args = ap.parse_args()
-
-    splits = load_splits(args.data_dir or default_root(), seed=0)
+    if why := missing_checkpoint(args.artifacts, args.models):  # before minutes of quantizing, not after them
+        ap.error(f"--artifacts {args.artifacts}: {why}")
+    try:
+        splits = load_splits(args.data_dir or default_root(), seed=0)
+    except DigitsError as e:
+        ap.error(f"--data-dir {args.data_dir or default_root()}: {e}")
     x, y = splits.test_x, splits.test_y
     rows = []
     for variant in args.variants:

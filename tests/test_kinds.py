@@ -299,6 +299,20 @@ def test_the_skew_script_measures_both_settings_on_real_digits(trained, fixture_
     assert "at least 1 each" in err, err
 
 
+def test_the_bench_scripts_refuse_what_they_lack_before_their_work(fixture_root, tmp_path, monkeypatch, capsys):
+    # each printed a traceback (onnxruntime's NoSuchFile, FileNotFoundError) where a model was missing
+    err = _usage_error("bench_serve.py", "--artifacts", tmp_path, "--out", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert "digits export lenet5 --format onnx" in err, err
+    err = _usage_error("int8_variants.py", "--artifacts", tmp_path, "--out", tmp_path, monkeypatch=monkeypatch,
+                       capsys=capsys)
+    assert "digits train mlp" in err, err
+    (tmp_path / "lenet5").mkdir()
+    (tmp_path / "lenet5/model.onnx").write_bytes(b"")  # an export there, no MNIST where --data-dir points
+    err = _usage_error("bench_serve.py", "--artifacts", tmp_path, "--data-dir", tmp_path / "none", "--out", tmp_path,
+                       monkeypatch=monkeypatch, capsys=capsys)
+    assert "--data-dir" in err and "digits data" in err, err
+
+
 def test_the_photo_script_runs_on_a_set_of_its_own_without_touching_numbers(trained, fixture_root, tmp_path,
                                                                            monkeypatch):
     """scripts/photos_eval.py on a photo set outside the repository (its path once failed the run at
