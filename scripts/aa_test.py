@@ -120,8 +120,15 @@ def main() -> None:
     from digits.bench.compare import compare_runs
     from digits.bench.environment import cpu_name
     from digits.bench.runner import BenchConfig
-    from digits.checkpoint import now_iso
+    from digits.checkpoint import missing_checkpoint, now_iso
     from digits.data import default_root
+
+    from digits.models import list_models
+
+    if unknown := sorted(set(args.models.split(",")) - set(list_models())):
+        ap.error(f"--models: no model {', '.join(unknown)}; choose from {','.join(list_models())}")
+    if why := missing_checkpoint(args.artifacts, args.models.split(",")):  # before minutes of benching
+        ap.error(f"--artifacts {args.artifacts}: {why}")
 
     cfg = BenchConfig(models=args.models.split(","), backends=args.backends.split(","),
                       batch_sizes=[int(b) for b in args.batch_sizes.split(",")], precisions=["fp32"],
@@ -134,6 +141,8 @@ def main() -> None:
                                  (args.slow_backend, args.slowdown))
     pairs = [compare_runs(a, b, tolerance=args.tolerance) for a, b in zip(runs, runs[1:], strict=False)]
     rows = [r for p in pairs for r in p["rows"]]
+    if not rows:
+        sys.exit("aa_test.py: no cell was measured in two runs to compare (each run's errors are above); nothing to report")
     power = compare_runs(runs[-1], slowed, tolerance=args.tolerance)["rows"]
     target = [r for r in power if args.slow_backend in ("all", r["backend"])]
     others = [r for r in power if r not in target]
