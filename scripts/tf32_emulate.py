@@ -37,15 +37,21 @@ def emulated(net: nn.Module) -> nn.Module:
 
 
 def main() -> None:
-    from digits.checkpoint import checkpoint_dir, load_checkpoint
+    from digits.checkpoint import checkpoint_dir, load_checkpoint, missing_checkpoint
     from digits.data import default_root, load_test
+    from digits.errors import DigitsError
     from digits.models import list_models
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=Path("artifacts"))
     ap.add_argument("--data-dir", type=Path, default=None)
     args = ap.parse_args()
-    x, _ = load_test(args.data_dir or default_root())
+    if why := missing_checkpoint(args.checkpoint, list_models()):
+        ap.error(f"--checkpoint {args.checkpoint}: {why}")
+    try:
+        x, _ = load_test(args.data_dir or default_root())
+    except DigitsError as e:
+        ap.error(f"--data-dir {args.data_dir or default_root()}: {e}")
     for m in list_models():
         net = load_checkpoint(checkpoint_dir(args.checkpoint, m), m)[0].eval()
         tf32 = emulated(net)

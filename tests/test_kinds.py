@@ -310,6 +310,8 @@ def test_the_bench_scripts_refuse_what_they_lack_before_their_work(fixture_root,
     assert "digits train mlp" in err, err  # it benched nothing for minutes, then divided by zero
     err = _usage_error("aa_test.py", "--models", "nope", monkeypatch=monkeypatch, capsys=capsys)
     assert "no model nope" in err, err
+    err = _usage_error("tf32_emulate.py", "--checkpoint", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert "digits train mlp" in err, err
     (tmp_path / "lenet5").mkdir()
     (tmp_path / "lenet5/model.onnx").write_bytes(b"")  # an export there, no MNIST where --data-dir points
     err = _usage_error("bench_serve.py", "--artifacts", tmp_path, "--data-dir", tmp_path / "none", "--out", tmp_path,
