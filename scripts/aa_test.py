@@ -122,15 +122,15 @@ def main() -> None:
     from digits.bench.runner import BenchConfig
     from digits.checkpoint import missing_checkpoint, now_iso
     from digits.data import default_root
-
     from digits.models import list_models
 
-    if unknown := sorted(set(args.models.split(",")) - set(list_models())):
+    models = args.models.split(",")
+    if unknown := sorted(set(models) - set(list_models())):
         ap.error(f"--models: no model {', '.join(unknown)}; choose from {','.join(list_models())}")
-    if why := missing_checkpoint(args.artifacts, args.models.split(",")):  # before minutes of benching
+    if why := missing_checkpoint(args.artifacts, models):  # before minutes of benching
         ap.error(f"--artifacts {args.artifacts}: {why}")
 
-    cfg = BenchConfig(models=args.models.split(","), backends=args.backends.split(","),
+    cfg = BenchConfig(models=models, backends=args.backends.split(","),
                       batch_sizes=[int(b) for b in args.batch_sizes.split(",")], precisions=["fp32"],
                       rounds=args.rounds, min_time=args.min_time, threads=args.threads, checkpoint=str(args.artifacts),
                       artifacts=str(args.artifacts))

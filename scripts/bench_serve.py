@@ -39,7 +39,7 @@ from digits.bench.runner import cpu_name
 from digits.checkpoint import now_iso
 from digits.data import MEAN, STD, default_root, load_test
 from digits.errors import DigitsError
-from digits.export import runtime_versions
+from digits.export import artifact_name, runtime_versions
 from digits.models import list_models
 from digits.serve.load import run_load, run_open_loop
 
@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--peer-python", default=sys.executable, help="a Python with the kserve package")
     ap.add_argument("--profile", action="store_true", help="record a py-spy flame graph of the dynamic server")
     args = ap.parse_args()
-    onnx = args.artifacts / args.model / "model.onnx"  # what every server here loads
+    onnx = args.artifacts / args.model / artifact_name("onnx")  # what every server here loads
     if not onnx.is_file():
         ap.error(f"--artifacts {args.artifacts}: no {onnx}: run `digits export {args.model} --format onnx` first")
     try:
