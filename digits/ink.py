@@ -5,7 +5,8 @@ widened first, so a 1-px pen line survives); polarity (ink dark on light); flatt
 by a closing wider than the pen; threshold each pixel against its own neighbourhood; drop
 long thin lines (ruling, the page edge: :mod:`digits.ruling`) and faint hairlines away from
 the strokes (pencil guide lines); with a thin pen, keep 1-2 px strokes whole, close the gaps
-the threshold left in them, and drop ruling seen at a tilt (as thin as the pen there).
+the threshold left in them (also by their faint trace), and drop ruling seen at a tilt (as
+thin as the pen there).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from digits.ruling import crossings, ruled_lines
 WORK_SIDE = 512  # px: plenty for a few handwritten digits, and a few ms per step
 MIN_WORK_SIDE = 256  # smaller images are enlarged to this; between the two they are worked at their own size
 RED_LEAD = 1.15  # a pixel whose red leads green and blue this much more than the paper's is the margin line
+TRACE = 0.35  # with a thin pen, ink this many times fainter than the threshold joins pieces (joined_by_trace)
 TINY_SIDE = 64  # px: an image this small is a canvas at MNIST's scale (a drawing app's 28x28), never a photo
 
 
@@ -113,7 +115,8 @@ def ink_mask(dark: np.ndarray, crop: bool = False, lower: float = 1.0) -> np.nda
     scales the threshold (below 1: fainter marks, digits.grouping.fainter)."""
     if dark.max() < 0.12:
         return np.zeros(dark.shape, np.uint8)
-    mask = (dark > lower * max(0.5 * _otsu(dark / dark.max()) * dark.max(), 0.18)).astype(np.uint8) * 255
+    cut = lower * max(0.5 * _otsu(dark / dark.max()) * dark.max(), 0.18)
+    mask = (dark > cut).astype(np.uint8) * 255
     h, w = mask.shape
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     thin = _thin_strokes(mask, labels, stats)  # None: the pen's strokes are not 1-2 px here
@@ -140,8 +143,38 @@ def ink_mask(dark: np.ndarray, crop: bool = False, lower: float = 1.0) -> np.nda
     opened = cv2.morphologyEx(kept, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     if thin is None:
         return opened
-    return np.maximum(opened, cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-                      & cv2.dilate(thin, np.ones((5, 5), np.uint8)))
+    whole = np.maximum(opened, cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+                       & cv2.dilate(thin, np.ones((5, 5), np.uint8)))
+    return joined_by_trace(whole, dark > TRACE * cut)
+
+
+def joined_by_trace(mask: np.ndarray, trace: np.ndarray) -> np.ndarray:
+    """``mask`` with the faint ``trace`` (bool, ink under the threshold) that joins its pieces
+    and stays within them: a thin 0 whose top and bottom, drawn lightly or flat (an
+    anti-aliased 1-px line at a shallow angle is grey), fell under the threshold and left two
+    arcs, read "11"; a 9 whose loop the threshold opened, read "4". A trace that reaches past
+    its pieces' box (by a sixth of it), or pieces spanning half the image, are ruling or
+    graph paper joining everything: left out. On plain paper the trace is the strokes'
+    own grey rim and breaks; the background's noise stays under it."""
+    n, owner, stats, _ = cv2.connectedComponentsWithStats((trace | (mask > 0)).astype(np.uint8), connectivity=8)
+    pieces, own, piece_stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if pieces < 2:  # no ink
+        return mask
+    ys, xs = np.nonzero(mask)
+    of = np.zeros(pieces, np.int64)  # the trace's component each piece lies in
+    of[own[ys, xs]] = owner[ys, xs]
+    of[0] = 0
+    x0, y0 = np.full(n, 1 << 30), np.full(n, 1 << 30)
+    x1, y1, count = np.zeros(n, np.int64), np.zeros(n, np.int64), np.bincount(of[1:], minlength=n)
+    px, py, pw, ph = (piece_stats[1:, k].astype(np.int64) for k in range(4))
+    np.minimum.at(x0, of[1:], px), np.minimum.at(y0, of[1:], py)
+    np.maximum.at(x1, of[1:], px + pw), np.maximum.at(y1, of[1:], py + ph)
+    reach = (np.maximum(x1 - x0, y1 - y0) / 6).astype(np.int64)
+    tx, ty, tw, th = (stats[:, k].astype(np.int64) for k in range(4))
+    join = ((count >= 1) & (np.maximum(x1 - x0, y1 - y0) <= 0.5 * max(mask.shape))
+            & (tx >= x0 - reach) & (ty >= y0 - reach) & (tx + tw <= x1 + reach) & (ty + th <= y1 + reach))
+    join[0] = False
+    return np.where(join[owner], np.uint8(255), mask) if join.any() else mask
 
 
 def _thin_strokes(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> np.ndarray | None:

@@ -210,10 +210,12 @@ DRAWING_KINDS: dict[str, Callable] = {"page_style": page_style, "thin_mouse": th
 def make_set(kinds: dict[str, Callable], per_kind: int, seed: int, folder, images=None, labels=None) -> list[dict]:
     """``per_kind`` files of each kind written into ``folder``: ``[{path, label, kind, mnist}]``.
     Photo kinds need MNIST ``images`` (float 0..1) and ``labels`` to write with; ``mnist`` lists
-    the indices of the images written (None for drawings and pen strokes)."""
+    the indices of the images written (None for drawings and pen strokes). Each kind draws
+    from a generator seeded by ``seed`` and its place in its registry, so a kind made alone
+    is the same files as in the whole set."""
     made = []
-    for k, (name, make) in enumerate(kinds.items()):
-        rng = np.random.default_rng([seed, k])
+    for name, make in kinds.items():
+        rng = np.random.default_rng([seed, list(PHOTO_KINDS if name in PHOTO_KINDS else DRAWING_KINDS).index(name)])
         for i in range(per_kind):
             src = Source(images, labels)
             body, label = make(src, rng) if name in PHOTO_KINDS else make(rng)

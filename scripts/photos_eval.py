@@ -5,6 +5,7 @@ trained model: single digits right, whole numbers right, and how many digits wer
     python scripts/photos_eval.py --per-kind 200 --kinds-seed 4 --tag heldout-seed4   # a seed no rule was tuned on
     python scripts/photos_eval.py --models mlp --artifacts /tmp/other --out /tmp/x    # one model, other checkpoints
     python scripts/photos_eval.py --per-kind 100 --touching 0 --photos /my/set     # kinds only; a set of your own
+    python scripts/photos_eval.py --kinds thin_pen_large --per-kind 150 --kinds-seed 7 --touching 0   # one kind
 
 Uses the checkpoints in artifacts/ (`digits train all`) through `digits predict`'s own path.
 Then ``--per-kind`` photos of each kind in digits.kinds (thin pens on large photos, blurred
@@ -60,6 +61,8 @@ def main() -> None:
                          "of the fixture (repeated in 200 long rows), or data, all 10,000 (`digits data`)")
     ap.add_argument("--per-kind", type=int, default=40, help="photos of each kind of digits.kinds, made on the fly")
     ap.add_argument("--kinds-seed", type=int, default=3)
+    ap.add_argument("--kinds", nargs="+", default=list(PHOTO_KINDS), choices=list(PHOTO_KINDS),
+                    help="the kinds to make (each the same photos as in the whole set of its seed)")
     ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
     ap.add_argument("--tag", default="", help="appended to the files' name: a second run of the day, e.g. a held-out seed")
     args = ap.parse_args()
@@ -83,7 +86,8 @@ def main() -> None:
     touching = touching_numbers(arrays, args.touching, args.touching_seed, Path(tmp.name))
     kinds_dir = Path(tmp.name) / "kinds"
     kinds_dir.mkdir()
-    kind_set = make_set(PHOTO_KINDS, args.per_kind, args.kinds_seed, kinds_dir, arrays.test_images.astype(np.float32) / 255,
+    kinds = {k: PHOTO_KINDS[k] for k in PHOTO_KINDS if k in args.kinds}
+    kind_set = make_set(kinds, args.per_kind, args.kinds_seed, kinds_dir, arrays.test_images.astype(np.float32) / 255,
                         arrays.test_labels)
     index = json.loads((args.photos / "photos.json").read_text())["photos"]
     singles = [p for p in index if len(p["label"]) == 1]
@@ -117,8 +121,9 @@ def main() -> None:
         # small digits in a large photo as before their two steps: no search under the speck limit, no
         # second look at full size (digits.locate: SMALL_SPECK, _refined)
         with patch.multiple(digits.locate, FINE_BELOW=0, SMALL_SPECK=1.0):
-            row["small_on_page_unrefined"] = read_by_kind([m for m in kind_set if m["kind"] == "small_on_page"], model,
-                                                          args.artifacts)["small_on_page"]
+            if "small_on_page" in kinds:
+                    row["small_on_page_unrefined"] = read_by_kind([m for m in kind_set if m["kind"] == "small_on_page"],
+                                                              model, args.artifacts)["small_on_page"]
         row["kinds_originals"] = originals_by_kind(kind_set, model, args.artifacts, arrays.test_images)
         rows.append(row)
         print(row)
@@ -139,23 +144,25 @@ def main() -> None:
            f"{args.touching_seed}, written {0.02:g}-{0.12:g} digit heights into each other (`--touching`)."]
     md += ["", f"Kinds (digits.kinds, {args.per_kind} photos each, seed {args.kinds_seed}, written with the "
            f"{len(arrays.test_labels):,} MNIST test digits in `{source}`; the whole number right):", "",
-           "| model | " + " | ".join(PHOTO_KINDS) + " |", "|---|" + "---:|" * len(PHOTO_KINDS)]
-    md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][0]}/{r['kinds'][k][1]}" for k in PHOTO_KINDS) + " |"
+           "| model | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][0]}/{r['kinds'][k][1]}" for k in kinds) + " |"
            for r in rows]
     md += ["", "The same, digit by digit (the label's digits less the edit distance from what was read: a digit dropped, "
-           "added or misread costs one):", "", "| model | " + " | ".join(PHOTO_KINDS) + " |",
-           "|---|" + "---:|" * len(PHOTO_KINDS)]
-    md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][2]}/{r['kinds'][k][3]}" for k in PHOTO_KINDS) + " |"
+           "added or misread costs one):", "", "| model | " + " | ".join(kinds) + " |",
+           "|---|" + "---:|" * len(kinds)]
+    md += [f"| `{r['model']}` | " + " | ".join(f"{r['kinds'][k][2]}/{r['kinds'][k][3]}" for k in kinds) + " |"
            for r in rows]
-    md += ["", "small_on_page without its two steps (`digits.locate.SMALL_SPECK` = 1, `FINE_BELOW` = 0): " +
-           ", ".join(f"{r['model']} {r['small_on_page_unrefined'][0]}/{r['small_on_page_unrefined'][1]}" for r in rows) + "."]
+    if "small_on_page" in kinds:
+        md += ["", "small_on_page without its two steps (`digits.locate.SMALL_SPECK` = 1, `FINE_BELOW` = 0): " +
+               ", ".join(f"{r['model']} {r['small_on_page_unrefined'][0]}/{r['small_on_page_unrefined'][1]}" for r in rows)
+               + "."]
     md += ["", "The classifier's own share: photos all of whose digits the model reads right as the clean 28x28 MNIST "
            "originals they were written from (misses beyond it are preprocessing's; a digit redrawn through a photo can "
            "also come out easier than its original; pen-stroke kinds have no such original):", "",
-           "| model | " + " | ".join(PHOTO_KINDS) + " |", "|---|" + "---:|" * len(PHOTO_KINDS)]
+           "| model | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
     for r in rows:
         own = r["kinds_originals"]
-        cells = [f"{own[k]}/{r['kinds'][k][1]}" if k in own else "n/a" for k in PHOTO_KINDS]
+        cells = [f"{own[k]}/{r['kinds'][k][1]}" if k in own else "n/a" for k in kinds]
         md.append(f"| `{r['model']}` | " + " | ".join(cells) + " |")
     atomic_write(stem.with_suffix(".md"), f"# Photo set, {env['date'][:10]}, {env['cpu']}\n\n" + "\n".join(md) + "\n")
 

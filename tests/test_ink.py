@@ -37,6 +37,49 @@ def test_a_thin_loop_stays_one_mark_though_a_thick_table_edge_is_in_the_photo():
     assert np.count_nonzero(mask[140:240, 270:330]) >= 0.8 * np.count_nonzero(dark[140:240, 270:330] > 0.5)
 
 
+def _faint_capped_zero() -> np.ndarray:
+    """A thin 0 whose top and bottom, drawn flat and lightly, are under the threshold: two arcs."""
+    dark = np.zeros((H, W), np.float32)
+    cv2.ellipse(dark, (300, 190), (22, 45), 0, 0, 360, 0.1, 1)  # the whole loop, faint
+    cv2.ellipse(dark, (300, 190), (22, 45), 0, 120, 240, 0.8, 1)  # its left side, dark
+    cv2.ellipse(dark, (300, 190), (22, 45), 0, -60, 60, 0.8, 1)  # its right side
+    return dark
+
+
+def test_a_faint_trace_joins_the_arcs_of_a_thin_0(monkeypatch):
+    import digits.ink
+
+    dark = _faint_capped_zero()
+    assert _components(ink_mask(dark), (270, 140, 330, 240)) == 1
+    monkeypatch.setattr(digits.ink, "TRACE", 1.0)  # no trace under the threshold: two arcs, read "11"
+    assert _components(ink_mask(dark), (270, 140, 330, 240)) == 2
+
+
+def test_a_faint_trace_closes_the_loop_of_a_thin_9(monkeypatch):
+    import digits.ink
+
+    dark = np.zeros((H, W), np.float32)
+    cv2.circle(dark, (300, 160), 20, 0.1, 1)  # the loop, its top drawn lightly
+    cv2.ellipse(dark, (300, 160), (20, 20), 0, -30, 210, 0.8, 1)
+    cv2.line(dark, (320, 160), (318, 240), 0.8, 1)  # the stem
+
+    def holes(mask: np.ndarray) -> int:  # paper regions inside the box that are not its outside
+        return cv2.connectedComponents(255 - mask[130:250, 270:330], connectivity=4)[0] - 2
+    assert holes(ink_mask(dark)) == 1
+    monkeypatch.setattr(digits.ink, "TRACE", 1.0)
+    assert holes(ink_mask(dark)) == 0  # an open loop on a stem: read "4"
+
+
+def test_a_faint_trace_through_graph_paper_joins_nothing():
+    dark = _faint_capped_zero()
+    grid = np.zeros((H, W), np.float32)
+    grid[::12] = grid[:, ::12] = 0.1  # graph paper as faint as the 0's top: one net across the page
+    dark = np.maximum(dark, grid)
+    mask = ink_mask(dark)
+    assert _components(mask, (270, 140, 330, 240)) == 2  # the net reaches past the arcs: no join
+    assert np.count_nonzero(mask[:100]) == 0  # and none of the net became ink
+
+
 def test_an_ordinary_pen_still_loses_its_specks():
     dark = np.zeros((H, W), np.float32)
     cv2.ellipse(dark, (300, 190), (22, 45), 0, 0, 360, 0.8, 6)

@@ -221,6 +221,19 @@ def test_augmentation_is_drawn_from_its_generator():
     assert not torch.equal(a, augment.draw(8, torch.Generator().manual_seed(4)))
 
 
+def test_a_kind_made_alone_is_the_same_photos_as_in_the_whole_set(fixture_root, tmp_path):
+    from digits.kinds import make_set
+
+    a = read_arrays(raw_dir(fixture_root))
+    images = a.test_images.astype(np.float32) / 255
+    for d in ("both", "alone"):
+        (tmp_path / d).mkdir()
+    both = make_set({k: PHOTO_KINDS[k] for k in ("cut_by_edge", "scan_16bit")}, 2, 5, tmp_path / "both", images, a.test_labels)
+    alone = make_set({"scan_16bit": PHOTO_KINDS["scan_16bit"]}, 2, 5, tmp_path / "alone", images, a.test_labels)
+    assert [m["path"].read_bytes() for m in alone] == [m["path"].read_bytes() for m in both if m["kind"] == "scan_16bit"]
+    assert [m["label"] for m in alone] == [m["label"] for m in both if m["kind"] == "scan_16bit"]
+
+
 def test_the_classifiers_share_counts_photos_whose_every_original_the_model_reads(trained, fixture_root, tmp_path):
     import torch
 
