@@ -149,8 +149,8 @@ def ink_mask(dark: np.ndarray, crop: bool = False, lower: float = 1.0) -> np.nda
 
 
 def joined_by_trace(mask: np.ndarray, trace: np.ndarray) -> np.ndarray:
-    """``mask`` with the faint ``trace`` (bool, ink under the threshold) that joins its pieces
-    and stays within them: a thin 0 whose top and bottom, drawn lightly or flat (an
+    """``mask`` with the faint ``trace`` (bool, ink under the threshold) that joins its pieces,
+    or closes one, and stays within them: a thin 0 whose top and bottom, drawn lightly or flat (an
     anti-aliased 1-px line at a shallow angle is grey), fell under the threshold and left two
     arcs, read "11"; a 9 whose loop the threshold opened, read "4". A trace that reaches past
     its pieces' box (by a sixth of it), or pieces spanning half the image, are ruling or
@@ -161,9 +161,8 @@ def joined_by_trace(mask: np.ndarray, trace: np.ndarray) -> np.ndarray:
     if pieces < 2:  # no ink
         return mask
     ys, xs = np.nonzero(mask)
-    of = np.zeros(pieces, np.int64)  # the trace's component each piece lies in
+    of = np.zeros(pieces, np.int64)  # the trace's component each piece lies in (the paper, 0, in none)
     of[own[ys, xs]] = owner[ys, xs]
-    of[0] = 0
     x0, y0 = np.full(n, 1 << 30), np.full(n, 1 << 30)
     x1, y1, count = np.zeros(n, np.int64), np.zeros(n, np.int64), np.bincount(of[1:], minlength=n)
     px, py, pw, ph = (piece_stats[1:, k].astype(np.int64) for k in range(4))

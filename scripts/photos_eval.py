@@ -120,9 +120,9 @@ def main() -> None:
         row["kinds"] = read_by_kind(kind_set, model, args.artifacts)
         # small digits in a large photo as before their two steps: no search under the speck limit, no
         # second look at full size (digits.locate: SMALL_SPECK, _refined)
-        with patch.multiple(digits.locate, FINE_BELOW=0, SMALL_SPECK=1.0):
-            if "small_on_page" in kinds:
-                    row["small_on_page_unrefined"] = read_by_kind([m for m in kind_set if m["kind"] == "small_on_page"],
+        if "small_on_page" in kinds:
+            with patch.multiple(digits.locate, FINE_BELOW=0, SMALL_SPECK=1.0):
+                row["small_on_page_unrefined"] = read_by_kind([m for m in kind_set if m["kind"] == "small_on_page"],
                                                               model, args.artifacts)["small_on_page"]
         row["kinds_originals"] = originals_by_kind(kind_set, model, args.artifacts, arrays.test_images)
         rows.append(row)
