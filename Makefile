@@ -30,9 +30,11 @@ run: setup
 # overlaps. OpenMP threads sleep instead of spinning when idle: spinning, each worker's
 # torch threads took the cores from the other's work (2 workers on 2 cores: 222 s, 418 s of
 # CPU; passive: 180 s, 330 s; one process: 253 s). With two workers, each one's torch runs
-# one thread unless a test asks for more (AMD EPYC Zen 3, 2 cores: 345 s -> 330 s).
+# one thread unless a test asks for more (AMD EPYC Zen 3, 2 cores: 345 s -> 330 s), and so
+# does OpenCV's pool, whose idle threads spin too: with 2 threads locating the photo fixture took
+# as long and 35% more CPU than with 1, CPU the other worker needed.
 TEST_WORKERS ?= 2
-pytest = OMP_WAIT_POLICY=PASSIVE $(if $(filter-out 1,$(TEST_WORKERS)),OMP_NUM_THREADS=1) $(1) -m pytest -q \
+pytest = OMP_WAIT_POLICY=PASSIVE $(if $(filter-out 1,$(TEST_WORKERS)),OMP_NUM_THREADS=1 OPENCV_FOR_THREADS_NUM=1) $(1) -m pytest -q \
 	$(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
 
 test: setup

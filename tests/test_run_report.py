@@ -31,7 +31,7 @@ def workspace(exported, trained, tmp_path):
 def _cfg(fixture_root, art, tmp_path, **kw):
     # FP32 alone by default: which reduced precisions run depends on the CPU (see the test below)
     kw = {"precisions": ["fp32"], **kw}
-    # the bench in-process (a child costs ~3 s to start): test_run_skips... and the CLI test keep the child
+    # the bench in-process (a child costs ~3-8 s of CPU to start): test_run_skips... keeps the child
     kw = {"bench": WIRING, "bench_in_child": False, **kw}
     return RunConfig(data_root=fixture_root, artifacts=art, results=tmp_path / "results", **kw)
 
@@ -186,6 +186,6 @@ def test_cli_run_json(fixture_root, workspace, tmp_path, monkeypatch):
 
 
 def _tiny_init(init):
-    def wrapped(self, *a, **k):
-        init(self, *a, **{**k, "bench": WIRING})
+    def wrapped(self, *a, **k):  # the bench in-process: test_run_skips... runs it in its child as `digits run` does
+        init(self, *a, **{**k, "bench": WIRING, "bench_in_child": False})
     return wrapped
