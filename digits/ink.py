@@ -41,12 +41,13 @@ def to_work(gray: np.ndarray, color: np.ndarray | None = None) -> tuple[np.ndarr
 
 
 def ink_darkness(gray: np.ndarray, color: np.ndarray | None = None, k: int | None = None,
-                 red: np.ndarray | None = None) -> np.ndarray:
+                 red: np.ndarray | None = None, upright: bool = False) -> np.ndarray:
     """Steps 1-2 (and the colour rule of 4): float [H, W], 0 where background, up to 1 for ink.
     ``k``: the closing's width in px (default: from the stroke width); ``red``: :func:`margin_line`
-    of ``color``, when already known."""
+    of ``color``, when already known; ``upright``: ``gray`` is known to be dark ink on light (the
+    caller took its median already: once per image, not once per closing width)."""
     g = gray.astype(np.float32)
-    if np.median(g) < 0.4:  # most of an image is background: bright strokes on a dark canvas (or MNIST)
+    if not upright and np.median(g) < 0.4:  # most of an image is background: bright strokes on a dark canvas (or MNIST)
         g = 1.0 - g
     side = max(g.shape)
     k = (k or _closing_size(g, side)) | 1

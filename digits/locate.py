@@ -237,7 +237,7 @@ def locate(gray: np.ndarray, color: np.ndarray | None = None, *, single: bool = 
     inks, red = [], None if c is None else margin_line(c)
     for k in sorted({closing, side // 24, side // 12, side // 6} | widest):
         _check(deadline)
-        dark = ink_darkness(g, k=k, red=red)
+        dark = ink_darkness(light, k=k, red=red, upright=True)
         inks.append((dark, ink_mask(dark, crop=paper_border)))
 
     def search(speck: float):

@@ -70,15 +70,15 @@ def long_thin(runs: np.ndarray, axis: int) -> np.ndarray:
     fills its canvas) much thicker than a pen's ruling."""
     if not cv2.countNonZero(runs):  # most drawings: no long straight run at all
         return runs
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
     H, W = runs.shape
-    keep = np.zeros(n, bool)
-    for i in range(1, n):
-        x, y, w, h, area = stats[i]
-        length = w if axis == 1 else h
-        if length >= 0.45 * (W if axis == 1 else H) and area / max(length, 1) <= max(4.0, 0.012 * max(H, W)):
-            keep[i] = True
-    return (keep[labels] * 255).astype(np.uint8)
+    length = stats[:, cv2.CC_STAT_WIDTH if axis == 1 else cv2.CC_STAT_HEIGHT]
+    keep = (length >= 0.45 * (W if axis == 1 else H)) & \
+        (stats[:, cv2.CC_STAT_AREA] / np.maximum(length, 1) <= max(4.0, 0.012 * max(H, W)))
+    keep[0] = False  # the background
+    if not keep.any():  # most photos: straight runs, but none a line
+        return np.zeros_like(runs)
+    return (keep.astype(np.uint8) * 255)[labels]
 
 
 def dashed_lines(thin: np.ndarray, dark: np.ndarray | None = None) -> np.ndarray:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
-from digits.grouping import candidates
+from digits.grouping import candidates, mean_darkness
 from digits.ink import ink_mask, page_edge
 from digits.locate import locate
 from digits.preprocess import Found
@@ -185,3 +186,15 @@ def test_a_red_margin_line_is_not_ink_in_a_shadow_and_a_brown_table_stays_as_it_
     monkeypatch.setattr(digits.ink, "RED_LEAD", np.inf)  # by the difference alone: the shadowed line stays ink
     before = ink_darkness(gray, rgb, k=21)
     assert before[line][: H // 2 - 20].max() == 0 and before[line][H // 2 + 20:].min() > 0.05
+
+
+def test_each_marks_mean_darkness_is_its_own_pixels_mean():
+    rng = np.random.default_rng(3)
+    dark = rng.random((60, 80)).astype(np.float32)
+    labels = np.zeros((60, 80), np.int32)
+    labels[5:20, 5:15], labels[30:33, 40:70], labels[50, 2] = 1, 2, 4  # label 3: no pixel
+    means, counts = mean_darkness(dark, labels, 5)
+    assert counts.tolist() == [0, 150, 90, 0, 1]  # the background is never a mark
+    for k in (1, 2, 4):
+        assert means[k] == pytest.approx(dark[labels == k].mean(), rel=1e-6)
+    assert means[3] == 0.0
