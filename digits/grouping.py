@@ -161,14 +161,15 @@ def _merge(groups: list[Group], pairs: np.ndarray) -> list[Group]:
     return list(merged.values())
 
 
-def mean_darkness(dark: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+def mean_darkness(dark: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """Each component's mean ink darkness, all at once (one pass over the image, not one per group).
     The background (label 0, counted as empty) is left out: no group holds it, and it is most of
     the image (3x faster; each label's pixels are summed in the same order, so the same sums)."""
     flat = labels.ravel()
     ink = np.flatnonzero(flat)
-    sums = np.bincount(flat[ink], weights=dark.ravel()[ink], minlength=n_labels)
-    counts = np.bincount(flat[ink], minlength=n_labels)
+    marks = flat[ink]
+    sums = np.bincount(marks, weights=dark.ravel()[ink], minlength=n_labels)
+    counts = np.bincount(marks, minlength=n_labels)
     return sums / np.maximum(counts, 1), counts
 
 
