@@ -13,10 +13,12 @@ reported as unsure instead of as an answer.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 UNSURE_BELOW = 0.6  # calibrated top probability under which `predict`, the API and the page say "unsure"
 BINS = 15
@@ -25,6 +27,8 @@ BINS = 15
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
     """The T > 0 that minimises NLL(softmax(logits / T), y): a 1-D convex problem in log T,
     solved by golden-section search over T in [0.05, 20]."""
+    import torch.nn.functional as F  # here: predicting with a fitted T needs numpy alone
+
     logits, y = logits.detach().double().cpu(), y.detach().cpu()
 
     def nll(log_t: float) -> float:
@@ -48,6 +52,8 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = BINS) -> float:
     """Expected calibration error of ``probs`` [N, classes] against labels ``y``."""
+    import torch
+
     conf, pred = probs.detach().cpu().max(1)
     right = (pred == y.detach().cpu()).double()  # labels may still sit on the training device
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
@@ -61,6 +67,8 @@ def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = BINS) -> float:
 
 def calibration(val_logits: torch.Tensor, val_y: torch.Tensor, test_logits: torch.Tensor, test_y: torch.Tensor) -> dict:
     """What the manifest records: the temperature, and the test set's ECE before and after."""
+    import torch
+
     t = fit_temperature(val_logits, val_y)
     return {"temperature": round(t, 4), "fitted_on": "validation split", "bins": BINS,
             "test_ece_before": round(ece(torch.softmax(test_logits.double(), 1), test_y), 5),

@@ -22,6 +22,32 @@ def test_top_level_help_lists_commands():
         assert cmd in result.output
 
 
+# In a fresh process: help and bad usage must not wait for torch (4-5 s to import on a slow core).
+NO_TORCH = """
+import json, sys
+from typer.testing import CliRunner
+from digits.cli import app
+runs = [CliRunner().invoke(app, args) for args in (["--help"], ["train", "--help"], ["train", "lenet6"])]
+torch_after_cli = "torch" in sys.modules
+import digits.models.lenet5  # a model file first: the listing keeps the registry's order
+from digits.models import list_models
+print(json.dumps({"torch": torch_after_cli, "codes": [r.exit_code for r in runs], "train_help": runs[1].output,
+                  "bad": runs[2].output, "models": list_models()}))
+"""
+
+
+def test_help_and_bad_usage_never_import_torch():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got["torch"] is False and got["codes"] == [0, 0, 2]
+    assert "mlp|cnn|lenet5|all" in got["train_help"] and "lenet6" in got["bad"]
+    assert got["models"] == list_models() == ["mlp", "cnn", "lenet5"]
+
+
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_help_for_every_command(cmd):
     result = runner.invoke(app, [cmd, "--help"])

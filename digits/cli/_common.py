@@ -14,14 +14,15 @@ from typing import Annotated
 import typer
 
 from digits.errors import DigitsError
-from digits.models import list_models
+from digits.models import NAMES
 from digits.ui import emit_json, log, out, size, table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Train, export and benchmark the classic MNIST models: mlp, cnn, lenet5.")
 
-ModelChoice = Enum("ModelChoice", {n: n for n in [*list_models(), "all"]}, type=str)
-ModelOnly = Enum("ModelOnly", {n: n for n in list_models()}, type=str)
+# From the registry's names, not the registry: --help and bad usage never wait for torch
+ModelChoice = Enum("ModelChoice", {n: n for n in [*NAMES, "all"]}, type=str)
+ModelOnly = Enum("ModelOnly", {n: n for n in NAMES}, type=str)
 
 
 class Source(str, Enum):
@@ -93,7 +94,7 @@ def train_images(data_dir: Path | None):
 
 
 def model_names(choice: Enum) -> list[str]:
-    return list_models() if choice.value == "all" else [choice.value]
+    return list(NAMES) if choice.value == "all" else [choice.value]
 
 
 FormatChoice = Enum("FormatChoice", {n: n for n in ["torchscript", "onnx", "pt2", "all"]}, type=str)

@@ -18,7 +18,7 @@ from digits.cli._common import (
     app,
 )
 from digits.errors import DigitsError
-from digits.models import list_models
+from digits.models import NAMES
 from digits.ui import emit_json, err, guard, log, out
 
 
@@ -29,7 +29,7 @@ from digits.ui import emit_json, err, guard, log, out
               'listed as missing and changes the exit code only with --strict.'))
 @guard
 def bench(
-    models_: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = ",".join(list_models()),
+    models_: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = ",".join(NAMES),
     backends: Annotated[str | None, typer.Option(show_default=False, help="Comma-separated backends "
                                                  "(default: every installed one for the device: eager, torchscript, "
                                                  "onnxruntime, pt2, openvino on CPU; on CUDA no openvino, plus cudagraph, "

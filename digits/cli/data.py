@@ -13,7 +13,6 @@ from digits.cli._common import (
     data_root,
     app,
 )
-from digits.models import list_models, model_info
 from digits.ui import emit_json, guard, log, out, table
 
 
@@ -41,6 +40,8 @@ def data(
 @guard
 def models(as_json: JsonFlag = False):
     """List the registered models with parameter and MAC counts."""
+    from digits.models import list_models, model_info
+
     infos = [model_info(n).to_dict() for n in list_models()]
     if as_json:
         return emit_json(infos)

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from digits.precision import resolve_precisions
 from digits.cli._common import (
     CheckpointDir,
     DataDir,
@@ -62,6 +61,7 @@ def run(
     from digits.errors import UsageError
     from digits.models import list_models
     from digits.pipeline import STAGES, Hooks, RunConfig, run_all, summary_rows
+    from digits.precision import resolve_precisions
 
     t0 = time.perf_counter()
 

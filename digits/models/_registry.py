@@ -42,7 +42,10 @@ def register_model(info: ModelInfo):
 
 
 def list_models() -> list[str]:
-    return list(_REGISTRY)
+    """Our models in ``NAMES`` order, whichever file was imported first, then any registered elsewhere."""
+    from digits.models import NAMES
+
+    return [n for n in NAMES if n in _REGISTRY] + [n for n in _REGISTRY if n not in NAMES]
 
 
 def model_info(name: str) -> ModelInfo:
