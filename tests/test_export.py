@@ -13,6 +13,7 @@ import torch
 from digits.checkpoint import load_checkpoint
 from digits.errors import DigitsError, UsageError
 from digits.export import EXPORTS, export_model, list_formats, load_artifact, verify_path
+from digits.export import onnx as digits_onnx
 from digits.export.onnx import check_opset
 from digits.export.parity import check_parity
 from digits.models import list_models
@@ -110,16 +111,40 @@ def test_unsupported_opset_names_the_range(opset):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-def test_export_is_byte_reproducible(exported, trained, test_set, tmp_path, fmt):
+def test_export_is_byte_reproducible(exported, trained, test_set, tmp_path, fmt, monkeypatch):
     # The same checkpoint exported again gives the same bytes (and so the same sha256).
     # Not asserted for TorchScript: torch.jit numbers its mangled class names per process,
     # so a second export in one process differs (two `digits export` runs do not).
     if fmt == "pt2" and torch.__version__.startswith("2.6."):
         pytest.skip("torch 2.6's torch.export.save writes different bytes on each call (seen with 2.6.0)")
+    # ONNX: the fixture's file was exported with the exporter's op list kept from an earlier
+    # export (the fixture makes mlp's first); this one lists it afresh, as a new process does.
+    monkeypatch.setattr(digits_onnx, "_TORCHLIB_OPS", [])
     again = export_model("lenet5", fmt, test_set[0][:64], test_set[1][:64], checkpoint=trained, out=tmp_path)
     assert again["sha256"] == exported[("lenet5", fmt)]["sha256"]
     assert sorted(p.name for p in (tmp_path / "lenet5").iterdir()) == sorted([EXPORTS, Path(again["path"]).name])
     assert Path(again["path"]).stat().st_mode & 0o044 == 0o044  # readable by others, as a plain write would be
+
+
+def test_onnx_exports_list_the_exporters_ops_once_a_process_and_put_its_lister_back(monkeypatch):
+    import importlib
+
+    from torch.onnx._internal import _lazy_import
+
+    apis = importlib.import_module(_lazy_import.onnxscript_apis._name)
+    calls, real = [], apis.get_torchlib_ops
+
+    def counted():
+        calls.append(1)
+        return real()
+    monkeypatch.setattr(apis, "get_torchlib_ops", counted)
+    monkeypatch.setattr(digits_onnx, "_TORCHLIB_OPS", [])  # as in a new process
+    lists = []
+    for _ in range(2):  # what torch.onnx.export calls, inside two of our exports
+        with digits_onnx._torchlib_listed_once():
+            lists.append(apis.get_torchlib_ops())
+        assert apis.get_torchlib_ops is counted  # anyone else's export lists afresh
+    assert len(calls) == 1 and len(lists[0]) > 100 and lists[0] == lists[1] and lists[0] is not lists[1]
 
 
 def test_missing_checkpoint_says_to_train(tmp_path, test_set):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import io
 import logging
 import sys
@@ -122,7 +123,7 @@ class Onnx:
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
         chatter = io.StringIO()
         # The exporter narrates its steps on stdout; stdout belongs to --json.
-        with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), _quiet_logs():
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), _quiet_logs(), _torchlib_listed_once():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model.eval(), (example_input(),), dynamo=True, opset_version=opset,
                                         input_names=["input"], output_names=["logits"],
@@ -163,6 +164,40 @@ def _quiet_logs():
         yield
     finally:
         log.setLevel(old)
+
+
+_TORCHLIB_OPS: list = []  # onnxscript's torchlib functions, as the exporter lists them; filled by the first export
+
+
+@contextlib.contextmanager
+def _torchlib_listed_once():
+    """The exporter's op list, made once per process instead of once per export.
+
+    ``torch.onnx.export`` builds its registry afresh on each call, and onnxscript parses the
+    source of each of its ~500 torchlib functions to list them: 1.8 s of a 3-5 s export on a
+    Zen 3 core, the same list every time (exporting every model to ONNX in one process paid it
+    per model). Only our own exports use the kept list (our models' ops are plain aten ones);
+    anyone else's call to the exporter lists afresh. Where torch or onnxscript name these
+    things otherwise, the export runs as it comes.
+    """
+    try:
+        from torch.onnx._internal import _lazy_import
+
+        apis = importlib.import_module(_lazy_import.onnxscript_apis._name)
+        real = apis.get_torchlib_ops
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def listed():
+        if not _TORCHLIB_OPS:
+            _TORCHLIB_OPS.extend(real())
+        return list(_TORCHLIB_OPS)
+    apis.get_torchlib_ops = listed
+    try:
+        yield
+    finally:
+        apis.get_torchlib_ops = real
 
 
 # What to install for each GPU provider: the cell's error says it, never a CPU number instead.
