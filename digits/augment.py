@@ -75,12 +75,32 @@ def apply(x: torch.Tensor, params: torch.Tensor, labels: torch.Tensor | None = N
     grid = _warp_grid(params[:, :6].reshape(n, 2, 3), params[:, 6:THICK].reshape(n, 2, FIELD, FIELD), *x.shape[-2:])
     # grid_sample pads with zeros: shift so that padding is the black background
     ink = F.grid_sample(x - BACKGROUND, grid, align_corners=False).clamp_min(0)
-    fat = _max3(ink)
-    fine = 0.4 * ink - 0.6 * _max3(-ink)  # thinned, not erased: MNIST strokes are ~2 px
-    ink = torch.where((thick > 0.5)[:, None, None, None], fat, torch.where((thick < -0.5)[:, None, None, None], fine, ink))
-    soft = _blur3(ink)
-    w = ((blur - 0.6) / 0.4).clamp(0, 1)[:, None, None, None]  # 40% of images, each by its own amount
-    return ink * (1 - w) + soft * w + BACKGROUND
+    fat, fine, w = thick > 0.5, thick < -0.5, ((blur - 0.6) / 0.4).clamp(0, 1)  # w > 0: 40% of images, each its own amount
+    # on the CPU each image gets only what it is given (shapes that depend on the data: not in a CUDA graph)
+    return (_styled_subsets if x.device.type == "cpu" else _styled_whole)(ink, fat, fine, w)
+
+
+def _styled_whole(ink: torch.Tensor, fat: torch.Tensor, fine: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Stroke width and blur for the whole batch at once, picked per image: fixed shapes, as the CUDA graph needs."""
+    w = w[:, None, None, None]
+    ink = torch.where(fat[:, None, None, None], _max3(ink), torch.where(fine[:, None, None, None], _thin(ink), ink))
+    return ink * (1 - w) + _blur3(ink) * w + BACKGROUND
+
+
+def _styled_subsets(ink: torch.Tensor, fat: torch.Tensor, fine: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """:func:`_styled_whole`'s numbers, computed on the images given each alone (a quarter dilated,
+    a quarter thinned, 40% blurred): less CPU (a batch of 256 on one Zen 3 thread 9.0-9.5 ->
+    4.9-7.3 ms; on two, within the noise). Where ``w`` is 0 the whole-batch formula adds
+    ``blur * 0``, an exact 0: bit for bit the same."""
+    fat, fine, soft = (m.nonzero()[:, 0] for m in (fat, fine, w > 0))
+    ink = ink.index_put((fat,), _max3(ink[fat])).index_put((fine,), _thin(ink[fine]))
+    out, ink, w = ink + BACKGROUND, ink[soft], w[soft][:, None, None, None]
+    return out.index_put((soft,), ink * (1 - w) + _blur3(ink) * w + BACKGROUND)
+
+
+def _thin(ink: torch.Tensor) -> torch.Tensor:
+    """A fine pen's stroke: thinned, not erased (MNIST strokes are ~2 px)."""
+    return 0.4 * ink - 0.6 * _max3(-ink)
 
 
 def _warp_grid(theta: torch.Tensor, field: torch.Tensor, h: int, w: int) -> torch.Tensor:
