@@ -65,7 +65,8 @@ def trained(tmp_path_factory, splits, test_set) -> Path:
     def build(out: Path) -> None:
         for name in list_models():
             # Explicit settings, so tuning a recipe cannot change what the fixture models look like.
-            train(resolve_config(name, "fast", epochs=3, batch_size=64, lr=3e-3, augment=False, threads=2), splits, out)
+            # One thread: the other xdist worker has the second core (two cost 26% more CPU here).
+            train(resolve_config(name, "fast", epochs=3, batch_size=64, lr=3e-3, augment=False, threads=1), splits, out)
         records = [export_model(m, f, *test_set, checkpoint=out, out=out) for m in list_models() for f in list_formats()]
         (out / "exported.json").write_text(json.dumps(records))
     return _built_once(tmp_path_factory, "artifacts", build)
@@ -93,7 +94,7 @@ def served(tmp_path_factory, splits, test_set):
 
     def build(out: Path) -> None:
         for name in list_models():
-            train(resolve_config(name, "fast", epochs=15, batch_size=64, lr=3e-3, augment=True, threads=2), splits, out)
+            train(resolve_config(name, "fast", epochs=15, batch_size=64, lr=3e-3, augment=True, threads=1), splits, out)
             assert export_model(name, "onnx", *test_set, checkpoint=out, out=out)["passed"]
     return _built_once(tmp_path_factory, "served", build)
 

@@ -115,7 +115,7 @@ backend, model, device, trained, root = sys.argv[1:]
 # Cold, inductor first compiles a test program per vector ISA the CPU reports (~5 s of 11
 # here): trust the CPU's flags instead. The model itself is compiled as ever.
 inductor.cpp.vec_isa_ok = True
-b = create_backend(backend).load(model, device, checkpoint=trained, artifacts=trained, threads=2)
+b = create_backend(backend).load(model, device, checkpoint=trained, artifacts=trained, threads=1)
 eager, _ = load_checkpoint(f"{trained}/{model}")
 x = load_test(root)[0][:64]
 with torch.inference_mode(), strict_fp32():
@@ -141,7 +141,7 @@ def test_backend_logits_equal_eager(exported, trained, test_set, fixture_root, b
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split()[-1] == "True"
         return
-    b = create_backend(backend).load(model, device, checkpoint=trained, artifacts=trained, threads=2)
+    b = create_backend(backend).load(model, device, checkpoint=trained, artifacts=trained, threads=1)
     eager, _ = load_checkpoint(trained / model)
     x = test_set[0][:64]
     # strict FP32 on CUDA: with cuDNN's default TF32 a GPU cell missed 1e-4 against the CPU on an H200

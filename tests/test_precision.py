@@ -36,7 +36,7 @@ from digits.precision import (
 )
 
 runner = CliRunner()
-QUICK = dict(warmup=1, min_iters=3, min_time=0.0, rounds=1, threads=2)
+QUICK = dict(warmup=1, min_iters=3, min_time=0.0, rounds=1, threads=1)
 
 # The four kinds of CPU this project meets, as their /proc/cpuinfo reads (flags trimmed to
 # the ones that matter plus a few neighbours, so a rule keyed on the wrong flag would show).
@@ -403,7 +403,7 @@ def _has_openvino() -> bool:
 def test_openvino_fp32_equals_eager_and_reads_back_its_precision(exported, trained, test_set, model):
     from digits.checkpoint import load_checkpoint
 
-    b = create_backend("openvino").load(model, "cpu", artifacts=trained, checkpoint=trained, threads=2)
+    b = create_backend("openvino").load(model, "cpu", artifacts=trained, checkpoint=trained, threads=1)
     eager, _ = load_checkpoint(trained / model)
     x = test_set[0][:64]
     with torch.inference_mode():
@@ -458,7 +458,7 @@ from digits.bench.runner import BenchConfig, run_bench
 from digits.data import load_test
 x, y = load_test({str(fixture_root)!r})
 cfg = BenchConfig(models=["lenet5"], backends=["openvino"], precisions=["fp32"], batch_sizes=[1, 256], min_time=0.0,
-                  min_iters=2, rounds=1, warmup=1, threads=2, checkpoint={str(trained)!r}, artifacts={str(trained)!r})
+                  min_iters=2, rounds=1, warmup=1, threads=1, checkpoint={str(trained)!r}, artifacts={str(trained)!r})
 assert all(r["error"] is None for r in run_bench(cfg, x, y)["records"])
 got = []
 signal.signal(signal.SIGINT, lambda *a: got.append(1))

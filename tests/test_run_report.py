@@ -14,7 +14,7 @@ from digits.errors import DigitsError
 from digits.models import list_models
 from digits.pipeline import RunConfig, run_all, summary_rows
 
-TINY_BENCH = dict(batch_sizes=[1, 256], min_time=0.0, min_iters=2, rounds=1, warmup=1, threads=2)
+TINY_BENCH = dict(batch_sizes=[1, 256], min_time=0.0, min_iters=2, rounds=1, warmup=1, threads=1)
 # The pipeline's wiring needs two runtimes, not every one (test_bench.py covers each backend);
 # the reduced-precision run below keeps the default backends.
 WIRING = dict(TINY_BENCH, backends=["eager", "onnxruntime"])

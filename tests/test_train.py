@@ -14,7 +14,7 @@ from digits.models import list_models
 from digits.train import TrainingInterrupted, resolve_config, train
 
 # 900 training images, 4 epochs: enough to clear chance (10%) by a wide margin in ~1-2 s.
-QUICK = dict(epochs=4, batch_size=64, augment=False, threads=2)
+QUICK = dict(epochs=4, batch_size=64, augment=False, threads=1)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -43,7 +43,7 @@ def test_different_seed_gives_different_weights(splits, tmp_path):
 
 
 def test_sigint_saves_state_and_resume_reaches_the_same_weights(splits, tmp_path):
-    cfg = resolve_config("cnn", "fast", augment=True, epochs=3, batch_size=64, threads=2)  # dropout + augmentation
+    cfg = resolve_config("cnn", "fast", augment=True, epochs=3, batch_size=64, threads=1)  # dropout + augmentation
     train(cfg, splits, tmp_path / "whole")
 
     def interrupt(p):
@@ -205,7 +205,7 @@ def _static_on_cpu(monkeypatch):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])  # dropout; convolutions in channels-last
 def test_static_step_computes_what_the_eager_loop_computes(name, splits, monkeypatch, tmp_path):
-    cfg = resolve_config(name, "fast", augment=True, epochs=2, batch_size=96, threads=2, label_smoothing=0.1)
+    cfg = resolve_config(name, "fast", augment=True, epochs=2, batch_size=96, threads=1, label_smoothing=0.1)
     assert len(splits.train_x) % cfg.batch_size, "the test needs a remainder batch"
     eager = train(cfg, splits, tmp_path / "eager")
     sizes = _static_on_cpu(monkeypatch)
