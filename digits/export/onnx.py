@@ -174,9 +174,9 @@ def _torchlib_listed_once():
     """The exporter's op list, made once per process instead of once per export.
 
     ``torch.onnx.export`` builds its registry afresh on each call, and onnxscript parses the
-    source of each of its ~500 torchlib functions to list them: 1.8 s of a 3-5 s export on a
-    Zen 3 core, the same list every time (exporting every model to ONNX in one process paid it
-    per model). Only our own exports use the kept list (our models' ops are plain aten ones);
+    source of each of its ~500 torchlib functions to list them: 0.85-0.93 s of a 2-4 s export
+    on a Zen 3 core, the same list every time (exporting every model to ONNX in one process
+    paid it per model). Only our own exports use the kept list (our models' ops are plain aten ones);
     anyone else's call to the exporter lists afresh. Where torch or onnxscript name these
     things otherwise, the export runs as it comes.
     """
